@@ -1,0 +1,3 @@
+from rolebroker.main import cli
+
+cli()

@@ -1,0 +1,253 @@
+"""Per-hop credential cache with single-flight fetches, wrapping any provider.
+
+Every hop of every chain has its own entry, so ``prod-admin`` chained through ``prod``
+reuses ``prod``'s credentials. Concurrent requests for one hop share one in-flight fetch;
+the fetch is a task of its own, so a client that disconnects or times out does not
+cancel it, and its retry joins the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from cachetools import TLRUCache
+
+from rolebroker.credentials import Credentials, format_expiration
+from rolebroker.errors import BrokerError, StsTimeout
+from rolebroker.providers import CredentialProvider
+from rolebroker.timing import RefreshTiming
+
+log = logging.getLogger("rolebroker")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    credentials: Credentials
+    issued_at: float
+    refresh_at: float
+    servable_until: float
+    warned_stale: bool = False
+
+
+@dataclass(slots=True)
+class HopStats:
+    """What /status shows about one hop. Never holds a secret."""
+
+    label: str
+    calls_sts: bool
+    fetches: int = 0
+    last_refresh: float | None = None
+    last_error: BrokerError | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    retry_at: float = 0.0
+
+
+def _copy_error(error: BrokerError) -> BrokerError:
+    """A fresh exception per raise: one instance re-raised by many tasks grows its traceback."""
+    return type(error)(error.message, code=error.code, status=error.status)
+
+
+class CredentialCache:
+    def __init__(
+        self,
+        timing: RefreshTiming,
+        *,
+        clock: Clock = time.time,
+        executor: Executor | None = None,
+        maxsize: int = 1024,
+        stale_wait: float = 2.0,
+        retry_pause: float = 1.0,
+        max_backoff: float = 60.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.timing = timing
+        self._clock = clock
+        self._executor = executor
+        self._stale_wait = stale_wait
+        self._retry_pause = retry_pause
+        self._max_backoff = max_backoff
+        self._jitter = jitter
+        # Entries vanish once they may no longer be served; refresh_at decides renewal.
+        self._entries: TLRUCache[str, CacheEntry] = TLRUCache(
+            maxsize, ttu=lambda _key, entry, _now: entry.servable_until, timer=clock
+        )
+        self._flights: dict[str, asyncio.Task[Credentials]] = {}
+        self._stats: dict[str, HopStats] = {}
+
+    # -- reading -----------------------------------------------------------------------
+
+    def peek(self, provider: CredentialProvider) -> Credentials | None:
+        """The warm path: credentials that need no refresh, from memory, or None."""
+        entry = self._entries.get(provider.key)
+        if entry is not None and self._clock() < entry.refresh_at:
+            return entry.credentials
+        return None
+
+    def entry(self, provider: CredentialProvider) -> CacheEntry | None:
+        return self._entries.get(provider.key)
+
+    def stats(self, provider: CredentialProvider) -> HopStats:
+        stats = self._stats.get(provider.key)
+        if stats is None:
+            stats = self._stats[provider.key] = HopStats(provider.label, provider.calls_sts)
+        return stats
+
+    def in_flight(self, provider: CredentialProvider) -> bool:
+        return provider.key in self._flights
+
+    def sts_calls(self) -> int:
+        return sum(s.fetches for s in self._stats.values() if s.calls_sts)
+
+    async def get(self, provider: CredentialProvider, *, wait: float | None = None) -> Credentials:
+        """Fresh credentials for ``provider``, fetching them (once) if needed.
+
+        A due-but-valid entry is refreshed, and served as is if STS fails or is slow.
+        A cold request waits at most ``wait`` seconds, then gets StsTimeout while the
+        fetch goes on for the next attempt.
+        """
+        now = self._clock()
+        entry = self._entries.get(provider.key)
+        stats = self.stats(provider)
+        if entry is not None:
+            if now < entry.refresh_at:
+                return entry.credentials
+            flight = self._flights.get(provider.key)
+            if flight is None and now >= stats.retry_at:
+                flight = self._start(provider)
+            if flight is None:
+                return self._serve_stale(provider, entry)
+            try:
+                return await asyncio.wait_for(asyncio.shield(flight), self._stale_wait)
+            except (BrokerError, TimeoutError):
+                return self._serve_stale(provider, entry)
+
+        flight = self._flights.get(provider.key)
+        if flight is None:
+            recent_error = stats.last_error is not None and stats.last_error_at is not None
+            if recent_error and now - stats.last_error_at < self._retry_pause:  # type: ignore[operator]
+                raise _copy_error(stats.last_error)  # type: ignore[arg-type]
+            flight = self._start(provider)
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), wait)
+        except BrokerError as exc:
+            raise _copy_error(exc) from None
+        except TimeoutError:
+            raise StsTimeout(
+                f"STS has not answered yet for {provider.label}; the call goes on in the background, "
+                "retry in a few seconds"
+            ) from None
+
+    def refresh_due(self, provider: CredentialProvider) -> bool:
+        """For the refresher: start a background refresh if this hop needs one now."""
+        if provider.key in self._flights:
+            return False
+        now = self._clock()
+        stats = self.stats(provider)
+        if now < stats.retry_at:
+            return False
+        entry = self._entries.get(provider.key)
+        if entry is not None and now < entry.refresh_at:
+            return False
+        self._start(provider)
+        return True
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop entries of hops that no profile uses any more (after a reload)."""
+        for key in [k for k in self._entries if k not in keep]:
+            self._entries.pop(key, None)
+        for key in [k for k in self._stats if k not in keep and k not in self._flights]:
+            del self._stats[key]
+
+    # -- fetching ----------------------------------------------------------------------
+
+    def _start(self, provider: CredentialProvider) -> asyncio.Task[Credentials]:
+        task = asyncio.get_running_loop().create_task(self._fetch(provider), name=f"fetch {provider.label}")
+        self._flights[provider.key] = task
+        task.add_done_callback(lambda t: self._landed(provider.key, t))
+        return task
+
+    def _landed(self, key: str, task: asyncio.Task[Credentials]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # marks it retrieved; errors were logged in _fetch
+
+    async def _fetch(self, provider: CredentialProvider) -> Credentials:
+        stats = self.stats(provider)
+        source = await self.get(provider.source) if provider.source is not None else None
+        stats.fetches += 1
+        loop = asyncio.get_running_loop()
+        try:
+            credentials = await loop.run_in_executor(self._executor, provider.fetch, source)
+        except BrokerError as exc:
+            self._failed(provider, stats, exc)
+            raise
+        except Exception as exc:
+            log.exception("unexpected error fetching %s", provider.label)
+            error = BrokerError(
+                f"unexpected {type(exc).__name__} while fetching {provider.label}; see the daemon log"
+            )
+            self._failed(provider, stats, error)
+            raise error from None
+        now = self._clock()
+        self._entries[provider.key] = CacheEntry(
+            credentials,
+            issued_at=now,
+            refresh_at=self.timing.refresh_at(now, credentials),
+            servable_until=self.timing.servable_until(now, credentials),
+        )
+        recovered = stats.consecutive_failures > 0
+        stats.last_refresh, stats.consecutive_failures, stats.retry_at = now, 0, 0.0
+        if credentials.expiration is not None:
+            log.info(
+                "refreshed profile=%s %s expires=%s in=%ds%s",
+                provider.profile,
+                _what(provider),
+                format_expiration(credentials.expiration),
+                credentials.remaining(now),
+                " (recovered)" if recovered else "",
+            )
+        return credentials
+
+    def _failed(self, provider: CredentialProvider, stats: HopStats, error: BrokerError) -> None:
+        now = self._clock()
+        stats.last_error, stats.last_error_at = error, now
+        stats.consecutive_failures += 1
+        # What a retry cannot fix (AccessDenied, bad config) is retried less eagerly.
+        cap = self._max_backoff if error.retryable else self._max_backoff * 5
+        backoff = min(cap, 2.0 ** (stats.consecutive_failures - 1))
+        stats.retry_at = now + backoff * (0.5 + self._jitter())
+        log.warning(
+            "failed profile=%s %s code=%s retry_in=%.1fs: %s",
+            provider.profile,
+            _what(provider),
+            error.code,
+            stats.retry_at - now,
+            error.message,
+        )
+
+    def _serve_stale(self, provider: CredentialProvider, entry: CacheEntry) -> Credentials:
+        if not entry.warned_stale:
+            entry.warned_stale = True
+            expiration = entry.credentials.expiration or 0.0
+            log.warning(
+                "stale profile=%s %s: refresh failing, serving cached credentials until %s",
+                provider.profile,
+                _what(provider),
+                format_expiration(entry.servable_until if expiration else 0.0),
+            )
+        return entry.credentials
+
+
+def _what(provider: CredentialProvider) -> str:
+    role_arn = getattr(provider, "role_arn", None)
+    return f"role={role_arn}" if role_arn else f"source={type(provider).__name__}"

@@ -1,0 +1,89 @@
+"""Errors that reach a client: each has a stable code, an HTTP status and a message
+that tells the user what to do next. Messages never contain a secret."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BrokerError(Exception):
+    """Base class: 4xx means the user must act, 5xx means a retry can help."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "InternalError"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())  # one line, always
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ProfileNotFound(BrokerError):
+    status = 404
+    code = "ProfileNotFound"
+
+
+class ProfileConfigError(BrokerError):
+    """The profile exists but its definition cannot work (loop, missing source, bad value)."""
+
+    status = 400
+    code = "InvalidProfile"
+
+
+class ConfigFileError(BrokerError):
+    status = 400
+    code = "ConfigFileError"
+
+
+class NoSourceCredentials(BrokerError):
+    status = 400
+    code = "NoSourceCredentials"
+
+
+class StsRefused(BrokerError):
+    """STS answered with an error the user must fix (AccessDenied, bad keys, bad request)."""
+
+    status = 403
+    code = "AccessDenied"
+
+
+class MfaRequired(BrokerError):
+    status = 403
+    code = "MfaRequired"
+
+
+class SsoLoginRequired(BrokerError):
+    status = 403
+    code = "SsoLoginRequired"
+
+
+class CredentialSourceFailed(BrokerError):
+    """The root of a chain (credential_process, SSO, ...) failed for a reason the user must fix."""
+
+    status = 400
+    code = "CredentialSourceFailed"
+
+
+class StsUnavailable(BrokerError):
+    status = 503
+    code = "StsUnavailable"
+    retryable = True
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class StsTimeout(BrokerError):
+    status = 504
+    code = "StsTimeout"
+    retryable = True

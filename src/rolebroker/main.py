@@ -1,0 +1,159 @@
+"""The ``rolebroker`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rolebroker import __version__
+from rolebroker.config import Settings, SettingsError, is_loopback_host, load_settings
+
+log = logging.getLogger("rolebroker")
+
+_SELF_REFERENCES = (
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+
+
+def settings_from(**overrides: Any) -> Settings:
+    try:
+        return load_settings(overrides)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rolebroker")
+def cli() -> None:
+    """A local ECS credentials endpoint: assumes, caches and refreshes the roles of your
+    AWS profiles so that every SDK, the AWS CLI and Serverless get fresh credentials from
+    AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
+
+
+@cli.command()
+@click.option("--host", help="Loopback address to listen on [default: 127.0.0.1; env ROLEBROKER_HOST]")
+@click.option("--port", type=int, help="Port to listen on [default: 9911; env ROLEBROKER_PORT]")
+@click.option(
+    "--refresh-before",
+    type=float,
+    help="Renew credentials this many seconds before they expire "
+    "[default: 1200; env ROLEBROKER_REFRESH_BEFORE]",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="Where the auth token lives [env ROLEBROKER_TOKEN_FILE]",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
+def serve(
+    host: str | None,
+    port: int | None,
+    refresh_before: float | None,
+    token_file: Path | None,
+    log_level: str | None,
+) -> None:
+    """Run the daemon in the foreground (systemd and launchd run it this way)."""
+    from rolebroker.logs import configure_logging
+
+    settings = settings_from(
+        host=host, port=port, refresh_before=refresh_before, token_file=token_file, log_level=log_level
+    )
+    configure_logging(settings.log_level)
+    run_daemon(settings)
+
+
+def harden_environment() -> None:
+    """The daemon must never resolve a root profile through itself (FULL_URI inherited
+    from a shell that ran ``rolebroker env``), nor wait on EC2 metadata for a profile
+    that simply has no credentials."""
+    for name in _SELF_REFERENCES:
+        os.environ.pop(name, None)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+def run_daemon(settings: Settings) -> None:
+    import uvicorn
+
+    from rolebroker import systemd
+    from rolebroker.authtoken import TokenFileError, load_or_create_token
+    from rolebroker.broker import Broker
+    from rolebroker.server import create_app
+
+    harden_environment()
+    try:
+        token = load_or_create_token(settings.token_file)
+    except (TokenFileError, OSError) as exc:
+        raise click.ClickException(f"cannot use the token file: {exc}") from None
+
+    sockets = systemd.listen_sockets()
+    for sock in sockets:
+        bound_host, bound_port = systemd.socket_address(sock)
+        if not is_loopback_host(bound_host):
+            raise click.ClickException(
+                f"the socket passed by systemd is bound to {bound_host}:{bound_port}, not loopback; "
+                "rolebroker only serves 127.0.0.1, ::1 or localhost"
+            )
+    broker = Broker(settings)
+
+    def on_startup() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(broker)))
+
+    app = create_app(broker, token, on_startup=on_startup)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        notifier = asyncio.get_running_loop().create_task(_announce_ready(server, settings, bool(sockets)))
+        try:
+            await server.serve(sockets=sockets or None)
+        finally:
+            notifier.cancel()
+            systemd.notify("STOPPING=1")
+
+    asyncio.run(main())
+    if not server.started:
+        raise SystemExit(1)
+
+
+async def _reload(broker: Any) -> None:
+    from rolebroker import systemd
+
+    systemd.notify(systemd.reloading_message())
+    try:
+        await broker.reload(reason="SIGHUP")
+    finally:
+        systemd.notify("READY=1")
+
+
+async def _announce_ready(server: Any, settings: Settings, activated: bool) -> None:
+    """READY=1 only once the socket accepts connections, so dependants never race us."""
+    from rolebroker import systemd
+
+    while not server.started:
+        await asyncio.sleep(0.02)
+    where = "socket passed by systemd" if activated else settings.base_url
+    log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
+    systemd.notify(f"READY=1\nSTATUS=serving on {where}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,204 @@
+"""The user's AWS profiles, read through botocore, turned into provider chains."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import botocore.exceptions
+import botocore.session
+
+from rolebroker.credentials import Credentials
+from rolebroker.errors import BrokerError, ConfigFileError, ProfileConfigError, ProfileNotFound
+from rolebroker.providers import CredentialProvider, ProfileSource, RoleHop, SessionTokenHop
+from rolebroker.providers.sts import StsClients
+
+FileSignature = tuple[tuple[str, int, int], ...]
+
+
+def default_session_name() -> str:
+    """Names the human in CloudTrail: ``rolebroker-alice``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    return ("rolebroker-" + re.sub(r"[^\w+=,.@-]", "-", user))[:64]
+
+
+def aws_config_paths(environ: Mapping[str, str] | None = None) -> tuple[Path, Path]:
+    env = os.environ if environ is None else environ
+    config = Path(os.path.expanduser(env.get("AWS_CONFIG_FILE", "~/.aws/config")))
+    credentials = Path(os.path.expanduser(env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")))
+    return config, credentials
+
+
+def files_signature(paths: tuple[Path, ...]) -> FileSignature:
+    """Cheap change detection: a reload re-reads only when a file really changed."""
+    signature = []
+    for path in paths:
+        try:
+            info = path.stat()
+            signature.append((str(path), info.st_mtime_ns, info.st_size))
+        except OSError:
+            signature.append((str(path), -1, -1))
+    return tuple(signature)
+
+
+@dataclass
+class ProfileCatalog:
+    """A snapshot of the AWS config; providers are built lazily and kept for the snapshot."""
+
+    profiles: Mapping[str, Mapping[str, str]]
+    sso_sessions: Mapping[str, Mapping[str, str]]
+    paths: tuple[Path, ...]
+    signature: FileSignature
+    session_name: str = field(default_factory=default_session_name)
+    sts: StsClients = field(default_factory=StsClients)
+    _built: dict[str, CredentialProvider | BrokerError] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, sts: StsClients | None = None) -> ProfileCatalog:
+        """Blocking (file I/O): call off the event loop."""
+        paths = aws_config_paths()
+        signature = files_signature(paths)
+        try:
+            full = botocore.session.Session().full_config
+        except botocore.exceptions.ConfigParseError as exc:
+            raise ConfigFileError(f"cannot parse the AWS config: {exc}; fix the file, then retry") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ConfigFileError(f"cannot read the AWS config: {exc}; fix the file, then retry") from None
+        profiles = {name: dict(values) for name, values in full.get("profiles", {}).items()}
+        sso_sessions = {name: dict(values) for name, values in full.get("sso_sessions", {}).items()}
+        return cls(profiles, sso_sessions, paths, signature, sts=sts or StsClients())
+
+    def changed_on_disk(self) -> bool:
+        return files_signature(self.paths) != self.signature
+
+    def names(self) -> list[str]:
+        return sorted(self.profiles)
+
+    def provider(self, name: str) -> CredentialProvider:
+        """What to call to serve profile ``name``. No I/O; memoised per snapshot."""
+        built = self._built.get(name)
+        if built is None:
+            try:
+                built = self._serving_provider(name)
+            except BrokerError as exc:
+                built = exc
+            self._built[name] = built
+        if isinstance(built, BrokerError):
+            raise type(built)(built.message, code=built.code, status=built.status)
+        return built
+
+    def _serving_provider(self, name: str) -> CredentialProvider:
+        if name not in self.profiles:
+            known = ", ".join(self.names()[:20]) or "none"
+            raise ProfileNotFound(
+                f"no AWS profile named {name!r} in {self.paths[0]} or {self.paths[1]} (known: {known}); "
+                "add it, then retry"
+            )
+        provider = self._chain(name, ())
+        if isinstance(provider, ProfileSource):
+            # Serving a role-less profile: hand out a session, never the long-term keys.
+            return SessionTokenHop(
+                profile=name,
+                source=provider,
+                duration_seconds=self._int_setting(name, "duration_seconds"),
+                sts=self.sts,
+            )
+        return provider
+
+    def _chain(self, name: str, path: tuple[str, ...]) -> CredentialProvider:
+        if name in path:
+            loop = " -> ".join((*path, name))
+            raise ProfileConfigError(
+                f"source_profile loop: {loop}; point one of them at a profile with credentials",
+                code="SourceProfileLoop",
+            )
+        if name not in self.profiles:
+            raise ProfileConfigError(
+                f"profile {path[-1]!r} has source_profile = {name}, which does not exist; "
+                "add that profile or fix source_profile",
+                code="SourceProfileNotFound",
+            )
+        profile = self.profiles[name]
+        role_arn = profile.get("role_arn")
+        if not role_arn:
+            return ProfileSource(
+                profile=name, fingerprint=self._fingerprint(name), sso_login_hint=self._sso_hint(name)
+            )
+        source_name = profile.get("source_profile")
+        credential_source = profile.get("credential_source")
+        if source_name and credential_source:
+            raise ProfileConfigError(
+                f"profile {name!r} sets both source_profile and credential_source; keep one"
+            )
+        if source_name == name:
+            source: CredentialProvider = self._own_keys(name)
+        elif source_name:
+            source = self._chain(source_name, (*path, name))
+        elif credential_source:
+            raise ProfileConfigError(
+                f"profile {name!r} uses credential_source = {credential_source}, which rolebroker does not "
+                "support; use source_profile instead",
+                code="UnsupportedCredentialSource",
+            )
+        else:
+            raise ProfileConfigError(
+                f"profile {name!r} has role_arn but no source_profile; add source_profile = <profile with "
+                "credentials>",
+                code="SourceProfileMissing",
+            )
+        return RoleHop(
+            profile=name,
+            role_arn=role_arn,
+            source=source,
+            session_name=profile.get("role_session_name") or self.session_name,
+            external_id=profile.get("external_id") or None,
+            duration_seconds=self._int_setting(name, "duration_seconds"),
+            sts=self.sts,
+        )
+
+    def _own_keys(self, name: str) -> ProfileSource:
+        profile = self.profiles[name]
+        key_id, secret = profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")
+        if not key_id or not secret:
+            raise ProfileConfigError(
+                f"profile {name!r} is its own source_profile but has no "
+                "aws_access_key_id/aws_secret_access_key"
+            )
+        keys = Credentials(key_id, secret, profile.get("aws_session_token") or None)
+        return ProfileSource(profile=name, fingerprint=self._fingerprint(name), static=keys)
+
+    def _int_setting(self, name: str, key: str) -> int | None:
+        raw = self.profiles[name].get(key)
+        if raw is None or str(raw).strip() == "":
+            return None
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ProfileConfigError(
+                f"profile {name!r}: {key} = {raw!r} is not a whole number of seconds"
+            ) from None
+
+    def _fingerprint(self, name: str) -> str:
+        """A digest of everything that defines the profile's credentials (secrets only hashed)."""
+        profile = self.profiles[name]
+        material: dict[str, object] = {"profile": dict(profile)}
+        sso_session = profile.get("sso_session")
+        if sso_session:
+            material["sso_session"] = dict(self.sso_sessions.get(sso_session, {}))
+        blob = json.dumps(material, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _sso_hint(self, name: str) -> str:
+        profile = self.profiles.get(name, {})
+        if profile.get("sso_session") and not profile.get("sso_start_url"):
+            return f"aws sso login --sso-session {profile['sso_session']}"
+        return f"aws sso login --profile {name}"

@@ -1,0 +1,46 @@
+"""The interface every credential source implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from rolebroker.credentials import Credentials
+
+
+class CredentialProvider(ABC):
+    """One hop of a credential chain.
+
+    ``key`` identifies the hop by everything that influences its result, so two profiles
+    with the same definition share one cache entry, and a reload that leaves a definition
+    unchanged keeps its cached credentials.
+    """
+
+    source: CredentialProvider | None
+    profile: str
+    calls_sts: ClassVar[bool] = True
+    """False for roots resolved locally; /status counts STS calls by it."""
+
+    @property
+    @abstractmethod
+    def key(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """Human description for logs and /status; never a secret."""
+
+    @abstractmethod
+    def fetch(self, source: Credentials | None) -> Credentials:
+        """Blocking: runs in a worker thread. Raises BrokerError subclasses."""
+
+
+def chain_of(provider: CredentialProvider) -> list[CredentialProvider]:
+    """Root first, ``provider`` last."""
+    hops: list[CredentialProvider] = []
+    current: CredentialProvider | None = provider
+    while current is not None:
+        hops.append(current)
+        current = current.source
+    hops.reverse()
+    return hops

@@ -1,0 +1,98 @@
+"""The root of a chain: whatever botocore resolves for a profile without ``role_arn``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import botocore.exceptions
+import botocore.session
+
+from rolebroker.credentials import Credentials
+from rolebroker.errors import (
+    BrokerError,
+    CredentialSourceFailed,
+    NoSourceCredentials,
+    ProfileConfigError,
+    SsoLoginRequired,
+)
+from rolebroker.providers.base import CredentialProvider
+
+_SSO_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(botocore.exceptions, name)
+    for name in ("SSOTokenLoadError", "UnauthorizedSSOTokenError", "SSOError", "TokenRetrievalError")
+    if hasattr(botocore.exceptions, name)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSource(CredentialProvider):
+    """Static keys, ``credential_process``, SSO, web identity: botocore knows them all.
+
+    ``fingerprint`` is a digest of the profile's definition, so editing the keys or the
+    process command gives a new cache key on reload.
+    """
+
+    profile: str
+    fingerprint: str
+    sso_login_hint: str = field(default="", compare=False)
+    static: Credentials | None = field(default=None, compare=False)
+    """Keys taken from the profile itself when a role profile names itself as source_profile
+    (botocore would otherwise assume the role again)."""
+    source: CredentialProvider | None = field(default=None, init=False)
+    calls_sts: ClassVar[bool] = False
+
+    @property
+    def key(self) -> str:
+        return f"profile:{self.profile}:{self.fingerprint}"
+
+    @property
+    def label(self) -> str:
+        return f"credentials of profile {self.profile}"
+
+    def fetch(self, source: Credentials | None) -> Credentials:
+        if self.static is not None:
+            return self.static
+        try:
+            session = botocore.session.Session(profile=self.profile)
+            resolved = session.get_credentials()
+            if resolved is None:
+                raise NoSourceCredentials(
+                    f"profile {self.profile!r} has no credentials: give it aws_access_key_id/"
+                    "aws_secret_access_key, credential_process or SSO settings, or a role_arn with a "
+                    "source_profile"
+                )
+            frozen = resolved.get_frozen_credentials()
+            expiry = _expiry_of(resolved)
+        except BrokerError:
+            raise
+        except _SSO_ERRORS as exc:
+            hint = self.sso_login_hint or f"aws sso login --profile {self.profile}"
+            raise SsoLoginRequired(
+                f"the SSO session of profile {self.profile!r} is missing or expired "
+                f"({type(exc).__name__}); run: {hint}"
+            ) from None
+        except botocore.exceptions.ProfileNotFound:
+            raise ProfileConfigError(f"profile {self.profile!r} no longer exists in the AWS config") from None
+        except botocore.exceptions.CredentialRetrievalError as exc:
+            raise CredentialSourceFailed(
+                f"the credential source of profile {self.profile!r} failed: {exc}; run it by hand to see why"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ProfileConfigError(
+                f"cannot load the credentials of profile {self.profile!r}: {exc}"
+            ) from None
+        if not frozen.access_key or not frozen.secret_key:
+            raise NoSourceCredentials(f"profile {self.profile!r} resolved to incomplete credentials")
+        return Credentials(
+            access_key_id=frozen.access_key,
+            secret_access_key=frozen.secret_key,
+            session_token=frozen.token or None,
+            expiration=expiry,
+        )
+
+
+def _expiry_of(resolved: Any) -> float | None:
+    """botocore keeps the expiry of refreshable credentials (SSO, process) privately."""
+    expiry = getattr(resolved, "_expiry_time", None)
+    return expiry.timestamp() if expiry is not None else None

@@ -1,0 +1,74 @@
+"""One AssumeRole call: a hop of a role chain."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from rolebroker.credentials import Credentials, account_from_arn
+from rolebroker.errors import BrokerError
+from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.sts import StsClients, translate_sts_error
+
+log = logging.getLogger("rolebroker")
+
+CHAINED_ROLE_MAX_SECONDS = 3600
+"""STS caps role-chained sessions at one hour and fails anything longer."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleHop(CredentialProvider):
+    profile: str
+    role_arn: str
+    source: CredentialProvider | None
+    session_name: str
+    external_id: str | None = None
+    duration_seconds: int | None = None
+    sts: StsClients = field(default_factory=StsClients, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        source_key = self.source.key if self.source else "-"
+        return (
+            f"role:{self.role_arn}|session={self.session_name}|external_id={self.external_id or ''}"
+            f"|duration={self.duration_seconds or ''}|profile={self.profile}|from=({source_key})"
+        )
+
+    @property
+    def label(self) -> str:
+        return f"role {self.role_arn} of profile {self.profile}"
+
+    def fetch(self, source: Credentials | None) -> Credentials:
+        if source is None:
+            raise BrokerError(f"no source credentials for {self.label}")
+        params: dict[str, object] = {"RoleArn": self.role_arn, "RoleSessionName": self.session_name}
+        if self.external_id:
+            params["ExternalId"] = self.external_id
+        duration = self.duration_seconds
+        if duration is not None and source.role_arn is not None and duration > CHAINED_ROLE_MAX_SECONDS:
+            log.warning(
+                "profile=%s duration_seconds=%d clamped to %d: STS limits role-chained sessions to 1 hour",
+                self.profile,
+                duration,
+                CHAINED_ROLE_MAX_SECONDS,
+            )
+            duration = CHAINED_ROLE_MAX_SECONDS
+        if duration is not None:
+            params["DurationSeconds"] = duration
+        client = self.sts.client(self.profile, source)
+        try:
+            response = client.assume_role(**params)
+        except Exception as exc:
+            raise translate_sts_error(
+                exc, action="AssumeRole", profile=self.profile, target=self.role_arn
+            ) from None
+        issued = response["Credentials"]
+        assumed_arn = response.get("AssumedRoleUser", {}).get("Arn")
+        return Credentials(
+            access_key_id=issued["AccessKeyId"],
+            secret_access_key=issued["SecretAccessKey"],
+            session_token=issued["SessionToken"],
+            expiration=issued["Expiration"].timestamp(),
+            account_id=account_from_arn(assumed_arn) or account_from_arn(self.role_arn),
+            role_arn=self.role_arn,
+        )

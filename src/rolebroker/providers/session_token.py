@@ -1,0 +1,67 @@
+"""Serving a profile that has no role: never hand long-term keys to clients."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rolebroker.credentials import Credentials
+from rolebroker.errors import BrokerError
+from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.sts import StsClients, translate_sts_error
+
+UNKNOWN_EXPIRY_SECONDS = 3600
+"""Session credentials without a known expiry (a profile with aws_session_token) are
+re-read from the profile this often."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTokenHop(CredentialProvider):
+    """GetSessionToken over long-term keys, like the ECS agent hands out only session
+    credentials; credentials that are already temporary (SSO, process) pass through."""
+
+    profile: str
+    source: CredentialProvider | None
+    duration_seconds: int | None = None
+    sts: StsClients = field(default_factory=StsClients, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        source_key = self.source.key if self.source else "-"
+        return f"session:{self.profile}|duration={self.duration_seconds or ''}|from=({source_key})"
+
+    @property
+    def label(self) -> str:
+        return f"session of profile {self.profile}"
+
+    def fetch(self, source: Credentials | None) -> Credentials:
+        if source is None:
+            raise BrokerError(f"no source credentials for {self.label}")
+        if source.is_temporary:
+            if source.expiration is not None:
+                return source
+            return Credentials(
+                access_key_id=source.access_key_id,
+                secret_access_key=source.secret_access_key,
+                session_token=source.session_token,
+                expiration=time.time() + UNKNOWN_EXPIRY_SECONDS,
+                account_id=source.account_id,
+                role_arn=source.role_arn,
+            )
+        client = self.sts.client(self.profile, source)
+        params: dict[str, object] = {}
+        if self.duration_seconds:
+            params["DurationSeconds"] = self.duration_seconds
+        try:
+            response = client.get_session_token(**params)
+        except Exception as exc:
+            raise translate_sts_error(
+                exc, action="GetSessionToken", profile=self.profile, target="long-term keys"
+            ) from None
+        issued = response["Credentials"]
+        return Credentials(
+            access_key_id=issued["AccessKeyId"],
+            secret_access_key=issued["SecretAccessKey"],
+            session_token=issued["SessionToken"],
+            expiration=issued["Expiration"].timestamp(),
+        )

@@ -1,0 +1,181 @@
+"""The HTTP face of the broker: the ECS container-credentials contract, plus status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rolebroker.authtoken import token_matches
+from rolebroker.broker import Broker
+from rolebroker.errors import BrokerError
+
+log = logging.getLogger("rolebroker")
+
+OPEN_PATHS = frozenset({"/healthz"})
+ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def host_allowed(host_header: str | None) -> bool:
+    """DNS-rebinding defence: a browser page on evil.example resolving to 127.0.0.1 still
+    sends ``Host: evil.example``."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        name += "]"
+        port = rest[1:] if rest.startswith(":") else rest
+    else:
+        name, _, port = host.partition(":")
+    return name in ALLOWED_HOSTS and (port == "" or port.isdigit())
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
+
+
+class Guard:
+    """Host check and token check before any routing, as a plain ASGI layer so that the
+    warm path pays for no dependency injection."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        host = authorization = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        if not host_allowed(host):
+            await _send_error(
+                send, 403, "ForbiddenHost", "requests must use Host 127.0.0.1, localhost or [::1]"
+            )
+            return
+        if scope["path"] not in OPEN_PATHS:
+            if authorization is None:
+                await _send_error(
+                    send,
+                    401,
+                    "MissingToken",
+                    "send the token in the Authorization header; set AWS_CONTAINER_AUTHORIZATION_TOKEN "
+                    '(run: eval "$(rolebroker env PROFILE)")',
+                )
+                return
+            if not token_matches(self._token, authorization):
+                await _send_error(
+                    send,
+                    403,
+                    "InvalidToken",
+                    "the Authorization header does not match the daemon's token; re-export it "
+                    '(run: eval "$(rolebroker env PROFILE)")',
+                )
+                return
+        await self._app(scope, receive, send)
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = _error_body(code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
+        if on_startup is not None:
+            on_startup()
+        try:
+            yield
+        finally:
+            await broker.stop()
+
+    app = FastAPI(
+        title="rolebroker",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/creds")
+    async def default_creds() -> Response:
+        return await _serve(broker.settings.default_profile)
+
+    @app.get("/creds/{profile}")
+    async def profile_creds(profile: str) -> Response:
+        return await _serve(profile)
+
+    async def _serve(profile: str) -> Response:
+        credentials = await broker.credentials(profile)
+        return JSONResponse(credentials.to_ecs_json(), headers=NO_STORE)
+
+    @app.get("/status")
+    async def status() -> Response:
+        return JSONResponse(broker.status(), headers=NO_STORE)
+
+    @app.post("/reload")
+    async def reload() -> Response:
+        ok = await broker.reload(reason="POST /reload")
+        if not ok:
+            status = broker.status()
+            error = status["config_error"] or {"code": "ConfigFileError", "message": "reload failed"}
+            return JSONResponse(error, status_code=400)
+        return JSONResponse({"reloaded": True, "profiles": len(broker.status()["profiles"])})
+
+    @app.exception_handler(BrokerError)
+    async def broker_error(_request: Request, exc: BrokerError) -> Response:
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "NotFound", 405: "MethodNotAllowed"}
+        messages = {
+            404: "no such endpoint; use GET /creds/PROFILE, GET /status or GET /healthz",
+            405: "method not allowed; credentials are served with GET",
+        }
+        return JSONResponse(
+            {
+                "code": codes.get(exc.status_code, "HttpError"),
+                "message": messages.get(exc.status_code, str(exc.detail)),
+            },
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse({"code": "BadRequest", "message": "malformed request"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+        body: dict[str, Any] = {"code": "InternalError", "message": "internal error; see the daemon log"}
+        return JSONResponse(body, status_code=500)
+
+    return Guard(app, token)
