@@ -1,0 +1,95 @@
+"""Warm-path latency and memory of the real daemon: prints figures, asserts nothing.
+
+    python bench/warm_path.py [--requests 2000] [--concurrency 20]
+
+Starts a moto STS and the daemon (as the tests do), warms /creds/prod, then measures
+sequential latency over one keep-alive connection, a concurrent burst, and the daemon's
+resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.daemon import AwsHome, Daemon
+from tests.support.moto import MotoServer
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def burst(url: str, token: str, total: int, concurrency: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, headers={"Authorization": token}) as client:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with semaphore:
+                (await client.get(url)).raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(total)))
+        return total / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=20)
+    args = parser.parse_args()
+
+    moto = MotoServer()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = AwsHome(Path(tmp))
+        home.write()
+        daemon = Daemon(home, sts_url=moto.url)
+        try:
+            url = daemon.creds_url("prod")
+            idle_rss = rss_mib(daemon.process.pid)
+            with httpx.Client(headers={"Authorization": daemon.token}) as client:
+                cold_start = time.perf_counter()
+                client.get(url).raise_for_status()
+                cold_ms = (time.perf_counter() - cold_start) * 1000
+                timings = []
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    client.get(url).raise_for_status()
+                    timings.append((time.perf_counter() - start) * 1000)
+            rate = asyncio.run(burst(url, daemon.token, args.requests, args.concurrency))
+            print(f"cold GET /creds/prod (2-hop chain on moto): {cold_ms:.1f} ms")
+            median = statistics.median(timings)
+            print(
+                f"warm GET /creds/prod, {args.requests} sequential: median {median:.2f} ms, "
+                f"p90 {percentile(timings, 0.9):.2f} ms, p99 {percentile(timings, 0.99):.2f} ms, "
+                f"max {max(timings):.2f} ms"
+            )
+            print(f"warm GET /creds/prod, {args.concurrency} concurrent: {rate:.0f} requests/s")
+            after_rss = rss_mib(daemon.process.pid)
+            print(f"daemon RSS: {idle_rss:.1f} MiB at start, {after_rss:.1f} MiB after the run")
+        finally:
+            daemon.stop()
+            daemon.process.cleanup()
+            moto.stop()
+
+
+if __name__ == "__main__":
+    main()

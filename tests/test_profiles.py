@@ -1,0 +1,130 @@
+"""ProfileCatalog: botocore-read profiles turned into provider chains (no STS calls here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rolebroker.errors import ConfigFileError, ProfileConfigError, ProfileNotFound
+from rolebroker.profiles import ProfileCatalog
+from rolebroker.providers import ProfileSource, RoleHop, SessionTokenHop, chain_of
+from tests.support.daemon import CHAIN_CONFIG, CHAIN_CREDENTIALS
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    config, credentials = tmp_path / "config", tmp_path / "credentials"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+
+    def write(text: str = CHAIN_CONFIG, creds: str = CHAIN_CREDENTIALS) -> ProfileCatalog:
+        config.write_text(text)
+        credentials.write_text(creds)
+        return ProfileCatalog.load()
+
+    return write
+
+
+def test_chain_is_built_root_first(write_config) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config()
+    hops = chain_of(catalog.provider("prod-admin"))
+    assert [type(h) for h in hops] == [ProfileSource, RoleHop, RoleHop, RoleHop]
+    assert [getattr(h, "role_arn", None) for h in hops[1:]] == [
+        "arn:aws:iam::111111111111:role/dev",
+        "arn:aws:iam::222222222222:role/prod",
+        "arn:aws:iam::333333333333:role/admin",
+    ]
+    prod = hops[2]
+    assert isinstance(prod, RoleHop) and prod.external_id == "prod-external-id"
+    assert isinstance(hops[3], RoleHop) and hops[3].session_name == "alice-admin"
+
+
+def test_hops_share_keys_across_profiles(write_config) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config()
+    admin_chain = chain_of(catalog.provider("prod-admin"))
+    assert catalog.provider("prod").key == admin_chain[2].key
+    assert catalog.provider("dev").key == admin_chain[1].key
+
+
+def test_unchanged_definitions_keep_their_keys_across_reloads(write_config) -> None:  # type: ignore[no-untyped-def]
+    before = write_config()
+    after = write_config(CHAIN_CONFIG.replace("external_id = prod-external-id", "external_id = changed"))
+    assert before.provider("dev").key == after.provider("dev").key
+    assert before.provider("prod").key != after.provider("prod").key
+    assert before.provider("prod-admin").key != after.provider("prod-admin").key  # its source changed
+    rotated = write_config(CHAIN_CONFIG, CHAIN_CREDENTIALS.replace("TestBaseSecret", "RotatedSecret"))
+    assert rotated.provider("dev").key != before.provider("dev").key
+
+
+def test_keys_never_contain_secrets(write_config) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config()
+    for name in catalog.names():
+        for hop in chain_of(catalog.provider(name)):
+            assert "TestBaseSecret" not in hop.key and "TestBaseSecret" not in hop.label
+
+
+def test_role_less_profile_is_served_through_a_session(write_config) -> None:  # type: ignore[no-untyped-def]
+    provider = write_config().provider("base")
+    assert isinstance(provider, SessionTokenHop)
+    assert isinstance(provider.source, ProfileSource)
+
+
+def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config(
+        "[profile self]\nrole_arn = arn:aws:iam::111111111111:role/s\nsource_profile = self\n"
+        "aws_access_key_id = AKIASELF\naws_secret_access_key = selfsecret\n"
+    )
+    root = chain_of(catalog.provider("self"))[0]
+    assert isinstance(root, ProfileSource)
+    assert root.fetch(None).access_key_id == "AKIASELF"
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [
+        (
+            "[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n"
+            "[profile b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = a\n",
+            "SourceProfileLoop",
+        ),
+        ("[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = ghost\n", "SourceProfileNotFound"),
+        ("[profile a]\nrole_arn = arn:aws:iam::1:role/a\n", "SourceProfileMissing"),
+        (
+            "[profile a]\nrole_arn = arn:aws:iam::1:role/a\ncredential_source = Ec2InstanceMetadata\n",
+            "UnsupportedCredentialSource",
+        ),
+        ("[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = a\n", "InvalidProfile"),
+        (
+            "[profile base]\n[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = base\n"
+            "duration_seconds = 1h\n",
+            "InvalidProfile",
+        ),
+    ],
+)
+def test_broken_definitions_are_profile_errors(write_config, config: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config(config, "")
+    with pytest.raises(ProfileConfigError) as info:
+        catalog.provider("a")
+    assert info.value.code == code
+    assert info.value.status == 400
+    with pytest.raises(ProfileConfigError):  # memoised errors are raised again, fresh
+        catalog.provider("a")
+
+
+def test_unknown_profile_lists_known_ones(write_config) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ProfileNotFound) as info:
+        write_config().provider("nope")
+    assert "prod-admin" in info.value.message
+
+
+def test_unparsable_config_is_a_config_file_error(write_config) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigFileError, match="fix the file"):
+        write_config("[profile broken\nkey = value\n")
+
+
+def test_change_detection(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    catalog = write_config()
+    assert not catalog.changed_on_disk()
+    (tmp_path / "config").write_text(CHAIN_CONFIG + "\n[profile more]\nregion = us-east-1\n")
+    assert catalog.changed_on_disk()
