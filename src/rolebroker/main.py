@@ -6,12 +6,15 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+import uvicorn
 
-from rolebroker import __version__
+from rolebroker import __version__, systemd
 from rolebroker.config import Settings, SettingsError, is_loopback_host, load_settings
 
 log = logging.getLogger("rolebroker")
@@ -94,14 +97,11 @@ def run_daemon(settings: Settings) -> None:
     except (TokenFileError, OSError) as exc:
         raise click.ClickException(f"cannot use the token file: {exc}") from None
 
-    sockets = systemd.listen_sockets()
-    for sock in sockets:
-        bound_host, bound_port = systemd.socket_address(sock)
-        if not is_loopback_host(bound_host):
-            raise click.ClickException(
-                f"the socket passed by systemd is bound to {bound_host}:{bound_port}, not loopback; "
-                "rolebroker only serves 127.0.0.1, ::1 or localhost"
-            )
+    sockets = _inherited_sockets()
+    if sockets:
+        # Socket activation decides where we listen; /status and the logs should say so.
+        host, port = systemd.socket_address(sockets[0])
+        settings = replace(settings, host=host, port=port)
     broker = Broker(settings)
 
     def on_startup() -> None:
@@ -119,7 +119,7 @@ def run_daemon(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
 
     async def main() -> None:
         notifier = asyncio.get_running_loop().create_task(_announce_ready(server, settings, bool(sockets)))
@@ -127,16 +127,38 @@ def run_daemon(settings: Settings) -> None:
             await server.serve(sockets=sockets or None)
         finally:
             notifier.cancel()
-            systemd.notify("STOPPING=1")
 
     asyncio.run(main())
     if not server.started:
         raise SystemExit(1)
 
 
-async def _reload(broker: Any) -> None:
-    from rolebroker import systemd
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM with the default handler inside serve(), so nothing after
+    ``await server.serve()`` runs on SIGTERM: announce STOPPING=1 when shutdown starts."""
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        systemd.notify("STOPPING=1")
+        await super().shutdown(sockets=sockets)
+
+
+def _inherited_sockets() -> list[socket.socket]:
+    """Sockets passed by systemd, refused unless they are TCP listeners on loopback."""
+    try:
+        sockets = systemd.listen_sockets()
+        for sock in sockets:
+            host, port = systemd.socket_address(sock)
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"the socket passed by systemd is bound to {host}:{port}, not loopback; "
+                    "rolebroker only serves 127.0.0.1, ::1 or localhost"
+                )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return sockets
+
+
+async def _reload(broker: Any) -> None:
     systemd.notify(systemd.reloading_message())
     try:
         await broker.reload(reason="SIGHUP")
@@ -146,8 +168,6 @@ async def _reload(broker: Any) -> None:
 
 async def _announce_ready(server: Any, settings: Settings, activated: bool) -> None:
     """READY=1 only once the socket accepts connections, so dependants never race us."""
-    from rolebroker import systemd
-
     while not server.started:
         await asyncio.sleep(0.02)
     where = "socket passed by systemd" if activated else settings.base_url
