@@ -97,9 +97,7 @@ class Broker:
     async def credentials(self, profile: str) -> Credentials:
         try:
             provider = self.provider(profile)
-        except ProfileNotFound:
-            provider = await self._provider_after_reload(profile)
-        except ConfigFileError:
+        except (ProfileNotFound, ConfigFileError):
             provider = await self._provider_after_reload(profile)
         self._last_used[profile] = self._clock()
         return self.cache.peek(provider) or await self.cache.get(provider, wait=self.settings.request_timeout)

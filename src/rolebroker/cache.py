@@ -132,9 +132,9 @@ class CredentialCache:
 
         flight = self._flights.get(provider.key)
         if flight is None:
-            recent_error = stats.last_error is not None and stats.last_error_at is not None
-            if recent_error and now - stats.last_error_at < self._retry_pause:  # type: ignore[operator]
-                raise _copy_error(stats.last_error)  # type: ignore[arg-type]
+            last_error, failed_at = stats.last_error, stats.last_error_at
+            if last_error is not None and failed_at is not None and now - failed_at < self._retry_pause:
+                raise _copy_error(last_error)  # a burst of retries must not hammer a failing STS
             flight = self._start(provider)
         try:
             return await asyncio.wait_for(asyncio.shield(flight), wait)
