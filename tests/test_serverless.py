@@ -28,17 +28,11 @@ from typing import Any
 import pytest
 
 from tests.support import netns
+from tests.support.ci import skip_or_fail
 from tests.support.procs import free_port
 
 ROLE_ACCOUNT = netns.ROLE_ACCOUNT
 BASE_ACCOUNT = netns.BASE_ACCOUNT
-
-
-def skip_unless_ci(reason: str) -> None:
-    """Skip with a visible reason on a developer machine; fail on CI, which must run this."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the serverless end-to-end test must run)")
-    pytest.skip(reason)
 
 
 def context(report: dict[str, Any]) -> str:
@@ -65,7 +59,7 @@ def show_now(request: pytest.FixtureRequest, line: str) -> None:
 def run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> netns.NamespaceRun:
     problem = netns.serverless_problem() or netns.namespace_problem()
     if problem:
-        skip_unless_ci(problem)
+        skip_or_fail(problem)
     workdir = tmp_path_factory.mktemp("serverless-netns")
     result = netns.run_serverless_in_namespace(workdir, timeout=240)
     timings = result.report.get("timings", {})
