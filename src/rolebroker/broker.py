@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -11,11 +12,12 @@ from typing import Any
 
 from rolebroker import __version__
 from rolebroker.cache import Clock, CredentialCache
-from rolebroker.config import Settings
+from rolebroker.config import Settings, SettingsError, load_settings
 from rolebroker.credentials import Credentials, format_expiration
-from rolebroker.errors import BrokerError, ConfigFileError, ProfileNotFound
+from rolebroker.errors import BrokerError, ConfigFileError, MfaNotConfigured, MfaRequired, ProfileNotFound
+from rolebroker.mfa import MfaWatcher, mfa_session_of
 from rolebroker.profiles import ProfileCatalog
-from rolebroker.providers import CredentialProvider, chain_of
+from rolebroker.providers import CredentialProvider, MfaSession, chain_of
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 
@@ -39,27 +41,43 @@ class Broker:
         self._started_at = clock()
         self.cache = CredentialCache(RefreshTiming(refresh_before=settings.refresh_before), clock=clock)
         self._refresher = Refresher(self.cache, self._warm_targets, interval=refresh_interval)
+        self.mfa = MfaWatcher(
+            self.cache,
+            self._warm_targets,
+            settings=lambda: self.settings,
+            clock=clock,
+            interval=refresh_interval,
+        )
         self._catalog: ProfileCatalog | None = None
         self._catalog_error: BrokerError | None = None
         self._last_used: dict[str, float] = {}
         self._reload_lock = asyncio.Lock()
         self._refresher_task: asyncio.Task[None] | None = None
+        self._mfa_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reload(reason="start")
         self._refresher_task = asyncio.get_running_loop().create_task(self._refresher.run(), name="refresher")
+        self._mfa_task = asyncio.get_running_loop().create_task(self.mfa.run(), name="mfa-watcher")
 
     async def stop(self) -> None:
         if self._refresher_task is not None:
             self._refresher_task.cancel()
             await asyncio.gather(self._refresher_task, return_exceptions=True)
+        if self._mfa_task is not None:
+            self._mfa_task.cancel()
+            await asyncio.gather(self._mfa_task, return_exceptions=True)
+        await self.mfa.stop()
 
-    async def reload(self, *, reason: str = "reload") -> bool:
+    async def reload(self, *, reason: str = "reload", reread_settings: bool = True) -> bool:
         """Re-read the AWS config. Keeps cached credentials of every hop whose definition
-        did not change (same key); a broken file keeps the previous snapshot."""
+        did not change (same key); a broken file keeps the previous snapshot.
+        Also re-reads rolebroker's own settings unless ``reread_settings`` is False."""
         async with self._reload_lock:
+            if reread_settings:
+                await self._reload_settings(reason)
             try:
                 catalog = await asyncio.to_thread(self._load_catalog)
             except BrokerError as exc:
@@ -87,6 +105,52 @@ class Broker:
             )
             return True
 
+    settings_loader: Callable[[], Settings] | None = None
+    """Re-reads the settings with ``serve``'s flags applied. None: the environment and
+    config.toml only, and a setting that differed from them at start counts as a flag."""
+    _settings_baseline: Settings | None = None
+    """The settings as last read: a setting that differs from them was given as a flag
+    (or by systemd's socket), and such settings keep winning over the file."""
+    _settings_error: str | None = None
+
+    def _read_settings(self) -> Settings:
+        """Blocking (file I/O)."""
+        fresh = (self.settings_loader or load_settings)()
+        if not isinstance(logging.getLevelName(fresh.log_level.upper()), int):
+            raise SettingsError(f"log_level {fresh.log_level!r} is not one of debug, info, warning, error")
+        return fresh
+
+    async def _reload_settings(self, reason: str) -> None:
+        """config.toml and ROLEBROKER_*: what can change live does (refresh_before from each
+        hop's next refresh on); host, port and token_file only log that a restart is needed."""
+        try:
+            fresh = await asyncio.to_thread(self._read_settings)
+        except SettingsError as exc:
+            self._settings_error = str(exc)
+            log.error("settings %s failed: %s; keeping the current settings", reason, exc)
+            return
+        self._settings_error = None
+        baseline, self._settings_baseline = self._settings_baseline, fresh
+        if baseline is None:
+            return  # the first read (at start) only records the baseline
+        updated, restart = apply_settings(self.settings, baseline, fresh)
+        for name in restart:
+            log.warning(
+                "settings %s: %s changed to %s; restart rolebroker to apply it",
+                reason,
+                name,
+                getattr(fresh, name),
+            )
+        changed = [name for name in LIVE_SETTINGS if getattr(updated, name) != getattr(self.settings, name)]
+        self.settings = updated
+        if not changed:
+            return
+        self.cache.timing = dataclasses.replace(self.cache.timing, refresh_before=updated.refresh_before)
+        level = int(logging.getLevelName(updated.log_level.upper()))
+        log.setLevel(min(log.getEffectiveLevel(), level))  # the change itself always gets its line
+        log.info("settings %s: %s", reason, ", ".join(f"{name}={getattr(updated, name)}" for name in changed))
+        log.setLevel(level)
+
     # -- serving -----------------------------------------------------------------------
 
     def provider(self, profile: str) -> CredentialProvider:
@@ -100,14 +164,64 @@ class Broker:
         except (ProfileNotFound, ConfigFileError):
             provider = await self._provider_after_reload(profile)
         self._last_used[profile] = self._clock()
-        return self.cache.peek(provider) or await self.cache.get(provider, wait=self.settings.request_timeout)
+        wait = self.settings.request_timeout
+        try:
+            return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
+        except MfaRequired:
+            raise self._mfa_required(profile, provider) from None
 
     async def _provider_after_reload(self, profile: str) -> CredentialProvider:
         """A profile added (or a config fixed) since start works without a reload."""
         catalog = self._catalog
         if catalog is None or await asyncio.to_thread(catalog.changed_on_disk):
-            await self.reload(reason=f"request for {profile}")
+            await self.reload(reason=f"request for {profile}", reread_settings=False)
         return self.provider(profile)
+
+    # -- MFA ---------------------------------------------------------------------------------
+
+    async def submit_mfa(self, profile: str, code: str) -> dict[str, Any]:
+        """Spend a code handed in by ``rolebroker mfa`` on the MFA session of ``profile``'s chain."""
+        try:
+            provider = self.provider(profile)
+        except (ProfileNotFound, ConfigFileError):
+            provider = await self._provider_after_reload(profile)
+        hop = mfa_session_of(provider)
+        if hop is None:
+            raise MfaNotConfigured(
+                f"profile {profile!r} does not use MFA: no profile of its chain sets mfa_serial"
+            )
+        self._last_used[profile] = self._clock()
+        credentials = await self.mfa.submit(hop, code)
+        catalog = self._catalog
+        sharing = [
+            name
+            for name in (catalog.names() if catalog else [profile])
+            if (other := self._mfa_session_or_none(name)) is not None and other.key == hop.key
+        ]
+        return {
+            "profile": profile,
+            "mfa_serial": hop.mfa_serial,
+            "expires_at": _stamp(credentials.expiration),
+            "profiles": sharing,
+        }
+
+    def _mfa_session_or_none(self, name: str) -> MfaSession | None:
+        try:
+            return mfa_session_of(self.provider(name))
+        except BrokerError:
+            return None
+
+    def _mfa_required(self, profile: str, provider: CredentialProvider) -> MfaRequired:
+        """Name the profile the client asked for: any profile sharing the MFA session works."""
+        self.mfa.wake()
+        hop = mfa_session_of(provider)
+        if hop is not None and self.mfa.hook_pending(hop):
+            return MfaRequired(
+                f"profile {profile!r} waits for an MFA code for {hop.mfa_serial} from its mfa_process; "
+                f"retry in a few seconds (or run: rolebroker mfa {profile})"
+            )
+        serial = f" for {hop.mfa_serial}" if hop is not None else ""
+        return MfaRequired(f"profile {profile!r} needs an MFA code{serial}; run: rolebroker mfa {profile}")
 
     def _warm_targets(self) -> Iterator[CredentialProvider]:
         horizon = self._clock() - self.settings.keep_warm
@@ -142,6 +256,7 @@ class Broker:
             "refresh_before_seconds": self.settings.refresh_before,
             "aws_config_files": [str(p) for p in catalog.paths] if catalog else [],
             "config_error": self._catalog_error.to_json() if self._catalog_error else None,
+            "settings_error": self._settings_error,
             "sts_calls_total": self.cache.sts_calls(),
             "profiles": profiles,
         }
@@ -171,6 +286,9 @@ class Broker:
         else:
             state = "cold"
         last_error = failing.last_error if failing else None
+        mfa = self.mfa.status_fields(hops, now)
+        if mfa.get("mfa_state") == "required" and state in ("cold", "error", "stale"):
+            state = "mfa_required"
         return {
             **row,
             "state": state,
@@ -187,7 +305,25 @@ class Broker:
                 else None
             ),
             "sts_calls": sum(s.fetches for s in map(self.cache.stats, hops) if s.calls_sts),
+            **mfa,
         }
+
+
+LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level")
+RESTART_SETTINGS = ("host", "port", "token_file")
+
+
+def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tuple[Settings, list[str]]:
+    """The settings after a re-read, and the names of changes that need a restart. A setting
+    that differs from ``baseline`` came from a flag to ``serve``: the file cannot override it."""
+
+    def changed(name: str) -> bool:
+        ours = getattr(current, name)
+        return bool(ours == getattr(baseline, name) and getattr(fresh, name) != ours)
+
+    live = {name: getattr(fresh, name) for name in LIVE_SETTINGS if changed(name)}
+    restart = [name for name in RESTART_SETTINGS if changed(name)]
+    return dataclasses.replace(current, **live, config_file=fresh.config_file), restart
 
 
 def _stamp(epoch: float | None) -> str | None:

@@ -152,13 +152,40 @@ class CredentialCache:
             return False
         now = self._clock()
         stats = self.stats(provider)
-        if now < stats.retry_at:
+        if now < stats.retry_at or self._source_backing_off(provider, now):
             return False
         entry = self._entries.get(provider.key)
         if entry is not None and now < entry.refresh_at:
             return False
         self._start(provider)
         return True
+
+    async def renew(self, provider: CredentialProvider, *, wait: float | None = None) -> Credentials:
+        """Fetch now, cached or backing off: for what only the user can unblock (a submitted
+        MFA code travels in ``provider``). Waits for a fetch already in flight first."""
+        flight = self._flights.get(provider.key)
+        if flight is not None:
+            await asyncio.wait([flight], timeout=wait)
+        flight = self._start(provider)
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), wait)
+        except BrokerError as exc:
+            raise _copy_error(exc) from None
+        except TimeoutError:
+            raise StsTimeout(
+                f"STS has not answered yet for {provider.label}; the call goes on in the background, "
+                "check rolebroker status in a few seconds"
+            ) from None
+
+    def _source_backing_off(self, provider: CredentialProvider, now: float) -> bool:
+        """A hop whose uncached source is waiting out a backoff would only fail through it:
+        without this, a chain waiting for an MFA code or a login is retried every tick."""
+        source = provider.source
+        while source is not None and source.key not in self._entries:
+            if now < self.stats(source).retry_at:
+                return True
+            source = source.source
+        return False
 
     def forget(self, keep: set[str]) -> None:
         """Drop entries of hops that no profile uses any more (after a reload)."""
@@ -184,20 +211,22 @@ class CredentialCache:
     async def _fetch(self, provider: CredentialProvider) -> Credentials:
         stats = self.stats(provider)
         source = await self.get(provider.source) if provider.source is not None else None
-        stats.fetches += 1
         loop = asyncio.get_running_loop()
         try:
             credentials = await loop.run_in_executor(self._executor, provider.fetch, source)
         except BrokerError as exc:
+            stats.fetches += exc.reached_upstream
             self._failed(provider, stats, exc)
             raise
         except Exception as exc:
+            stats.fetches += 1
             log.exception("unexpected error fetching %s", provider.label)
             error = BrokerError(
                 f"unexpected {type(exc).__name__} while fetching {provider.label}; see the daemon log"
             )
             self._failed(provider, stats, error)
             raise error from None
+        stats.fetches += 1
         now = self._clock()
         self._entries[provider.key] = CacheEntry(
             credentials,
@@ -220,13 +249,17 @@ class CredentialCache:
 
     def _failed(self, provider: CredentialProvider, stats: HopStats, error: BrokerError) -> None:
         now = self._clock()
+        # Waiting for the user (MFA code, SSO login) is news once, not at every retry.
+        previous = stats.last_error if stats.consecutive_failures else None
+        repeat = error.awaits_user and previous is not None and previous.code == error.code
         stats.last_error, stats.last_error_at = error, now
         stats.consecutive_failures += 1
         # What a retry cannot fix (AccessDenied, bad config) is retried less eagerly.
         cap = self._max_backoff if error.retryable else self._max_backoff * 5
         backoff = min(cap, 2.0 ** (stats.consecutive_failures - 1))
         stats.retry_at = now + backoff * (0.5 + self._jitter())
-        log.warning(
+        log.log(
+            logging.DEBUG if repeat else logging.WARNING,
             "failed profile=%s %s code=%s retry_in=%.1fs: %s",
             provider.profile,
             _what(provider),

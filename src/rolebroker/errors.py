@@ -12,6 +12,11 @@ class BrokerError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "InternalError"
     retryable: ClassVar[bool] = False
+    awaits_user: ClassVar[bool] = False
+    """True when only the user can unblock it (MFA code, SSO login): repeats are not news."""
+    reached_upstream: ClassVar[bool] = True
+    """False when the fetch failed before calling STS (no code yet, no SSO login), so the
+    attempt is not counted as an STS call in /status."""
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -60,11 +65,34 @@ class StsRefused(BrokerError):
 class MfaRequired(BrokerError):
     status = 403
     code = "MfaRequired"
+    awaits_user = True
+    reached_upstream = False
+
+
+class MfaCodeRejected(MfaRequired):
+    """STS refused the code: the profile still waits for a good one."""
+
+    code = "MfaCodeRejected"
+    reached_upstream = True
+
+
+class InvalidMfaCode(BrokerError):
+    """A submitted code that cannot be one (not 6 digits); STS is not asked."""
+
+    status = 400
+    code = "InvalidMfaCode"
+
+
+class MfaNotConfigured(BrokerError):
+    status = 400
+    code = "MfaNotConfigured"
 
 
 class SsoLoginRequired(BrokerError):
     status = 403
     code = "SsoLoginRequired"
+    awaits_user = True
+    reached_upstream = False
 
 
 class CredentialSourceFailed(BrokerError):

@@ -45,3 +45,7 @@ def configure_logging(level: str = "info") -> None:
     # botocore at DEBUG would print request bodies; keep third parties quiet.
     for noisy in ("botocore", "boto3", "urllib3", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A missing SSO login is answered with SsoLoginRequired; botocore's own traceback for it
+    # would only be noise.
+    for chatty in ("botocore.tokens", "botocore.credentials"):
+        logging.getLogger(chatty).setLevel(logging.ERROR)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import uvicorn
 
 from rolebroker import __version__, systemd
 from rolebroker.config import Settings, SettingsError, is_loopback_host, load_settings
+from rolebroker.mfa import mfa_command
 
 log = logging.getLogger("rolebroker")
 
@@ -67,11 +69,16 @@ def serve(
     """Run the daemon in the foreground (systemd and launchd run it this way)."""
     from rolebroker.logs import configure_logging
 
-    settings = settings_from(
-        host=host, port=port, refresh_before=refresh_before, token_file=token_file, log_level=log_level
-    )
+    flags = {
+        "host": host,
+        "port": port,
+        "refresh_before": refresh_before,
+        "token_file": token_file,
+        "log_level": log_level,
+    }
+    settings = settings_from(**flags)
     configure_logging(settings.log_level)
-    run_daemon(settings)
+    run_daemon(settings, reload_settings=lambda: load_settings(flags))
 
 
 def harden_environment() -> None:
@@ -83,10 +90,9 @@ def harden_environment() -> None:
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
-def run_daemon(settings: Settings) -> None:
-    import uvicorn
-
-    from rolebroker import systemd
+def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | None = None) -> None:
+    """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
+    same flags, so flags keep winning."""
     from rolebroker.authtoken import TokenFileError, load_or_create_token
     from rolebroker.broker import Broker
     from rolebroker.server import create_app
@@ -103,10 +109,16 @@ def run_daemon(settings: Settings) -> None:
         host, port = systemd.socket_address(sockets[0])
         settings = replace(settings, host=host, port=port)
     broker = Broker(settings)
+    broker.settings_loader = reload_settings
+    reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+    def on_sighup() -> None:
+        task = asyncio.get_running_loop().create_task(_reload(broker))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     def on_startup() -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(broker)))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
 
     app = create_app(broker, token, on_startup=on_startup)
     config = uvicorn.Config(
@@ -138,6 +150,7 @@ class _Server(uvicorn.Server):
     ``await server.serve()`` runs on SIGTERM: announce STOPPING=1 when shutdown starts."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("rolebroker stopping")
         systemd.notify("STOPPING=1")
         await super().shutdown(sockets=sockets)
 
@@ -173,6 +186,13 @@ async def _announce_ready(server: Any, settings: Settings, activated: bool) -> N
     where = "socket passed by systemd" if activated else settings.base_url
     log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
     systemd.notify(f"READY=1\nSTATUS=serving on {where}")
+
+
+cli.add_command(mfa_command)
+
+from rolebroker.commands import register  # noqa: E402  (the commands need `cli` defined first)
+
+register(cli)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -16,7 +17,15 @@ import botocore.session
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, ConfigFileError, ProfileConfigError, ProfileNotFound
-from rolebroker.providers import CredentialProvider, ProfileSource, RoleHop, SessionTokenHop
+from rolebroker.providers import (
+    CredentialProvider,
+    MfaSession,
+    ProfileSource,
+    RoleHop,
+    SessionTokenHop,
+    chain_of,
+)
+from rolebroker.providers.mfa_session import clamp_mfa_duration
 from rolebroker.providers.sts import StsClients
 
 FileSignature = tuple[tuple[str, int, int], ...]
@@ -104,6 +113,9 @@ class ProfileCatalog:
                 "add it, then retry"
             )
         provider = self._chain(name, ())
+        mfa = self._mfa_session(name, chain_of(provider))
+        if mfa is not None:
+            return _above_root(provider, mfa)
         if isinstance(provider, ProfileSource):
             # Serving a role-less profile: hand out a session, never the long-term keys.
             return SessionTokenHop(
@@ -165,6 +177,38 @@ class ProfileCatalog:
             sts=self.sts,
         )
 
+    def _mfa_session(self, name: str, hops: list[CredentialProvider]) -> MfaSession | None:
+        """One MFA session above the root when any profile of the chain sets mfa_serial; its
+        settings come from the first profile (root first) that has them."""
+        names = list(dict.fromkeys(hop.profile for hop in hops))
+
+        def first(key: str) -> str | None:
+            return next((n for n in names if str(self.profiles[n].get(key) or "").strip()), None)
+
+        serials = {
+            serial: n for n in names if (serial := str(self.profiles[n].get("mfa_serial") or "").strip())
+        }
+        if not serials:
+            return None
+        if len(serials) > 1:
+            raise ProfileConfigError(
+                f"profiles {', '.join(sorted(serials.values()))} in the chain of {name!r} set different "
+                "mfa_serial values; one MFA session carries one device, keep one",
+                code="ConflictingMfaSerial",
+            )
+        duration_from, process_from = first("mfa_session_duration"), first("mfa_process")
+        return MfaSession(
+            profile=hops[0].profile,
+            mfa_serial=next(iter(serials)),
+            source=hops[0],
+            duration_seconds=clamp_mfa_duration(
+                self._int_setting(duration_from, "mfa_session_duration") if duration_from else None
+            ),
+            mfa_process=self.profiles[process_from]["mfa_process"].strip() if process_from else None,
+            unlock_profile=name,
+            sts=self.sts,
+        )
+
     def _own_keys(self, name: str) -> ProfileSource:
         profile = self.profiles[name]
         key_id, secret = profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")
@@ -202,3 +246,15 @@ class ProfileCatalog:
         if profile.get("sso_session") and not profile.get("sso_start_url"):
             return f"aws sso login --sso-session {profile['sso_session']}"
         return f"aws sso login --profile {name}"
+
+
+def _above_root(provider: CredentialProvider, mfa: MfaSession) -> CredentialProvider:
+    """``provider``'s chain with ``mfa`` between the root and the first role."""
+    source = provider.source
+    if source is None:
+        return mfa  # a role-less profile is served by its MFA session
+    if not isinstance(provider, RoleHop):
+        raise BrokerError(f"cannot add an MFA session to {provider.label}")
+    if source.source is None:
+        return dataclasses.replace(provider, source=mfa)
+    return dataclasses.replace(provider, source=_above_root(source, mfa))

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rolebroker.authtoken import token_matches
 from rolebroker.broker import Broker
 from rolebroker.errors import BrokerError
+from rolebroker.mfa import code_from_body
 
 log = logging.getLogger("rolebroker")
 
@@ -149,6 +150,12 @@ def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | N
             return JSONResponse(error, status_code=400)
         return JSONResponse({"reloaded": True, "profiles": len(broker.status()["profiles"])})
 
+    @app.post("/mfa/{profile}")
+    async def mfa(profile: str, request: Request) -> Response:
+        """The hand-off of ``rolebroker mfa``: body ``{"code": "123456"}``, token required."""
+        code = code_from_body(await request.body())
+        return JSONResponse(await broker.submit_mfa(profile, code), headers=NO_STORE)
+
     @app.exception_handler(BrokerError)
     async def broker_error(_request: Request, exc: BrokerError) -> Response:
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
@@ -157,8 +164,8 @@ def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | N
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "NotFound", 405: "MethodNotAllowed"}
         messages = {
-            404: "no such endpoint; use GET /creds/PROFILE, GET /status or GET /healthz",
-            405: "method not allowed; credentials are served with GET",
+            404: "no such endpoint; credentials are at GET /creds/PROFILE (see also /status, /healthz)",
+            405: "method not allowed here (credentials: GET /creds/PROFILE, MFA codes: POST /mfa/PROFILE)",
         }
         return JSONResponse(
             {

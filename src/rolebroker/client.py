@@ -1,0 +1,214 @@
+"""How the CLI talks to a running daemon: always http://127.0.0.1:PORT with the token file.
+
+Plain ``http.client`` on purpose: no proxy settings apply (SDKs never proxy the endpoint
+either), it starts fast, and it adds no dependency to the CLI.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from rolebroker.authtoken import read_token
+from rolebroker.config import DEFAULT_PORT, Settings
+
+CLIENT_HOST = "127.0.0.1"
+"""The only host every SDK accepts in FULL_URI (see client-contract.md), so the CLI uses it too."""
+
+QUICK_TIMEOUT = 10.0
+"""Seconds for health, status and reload. Generous because a socket-activated daemon is
+started by the first connection and answers only once it is up."""
+
+
+class ClientError(Exception):
+    """Something the user must act on; the message says what to do."""
+
+
+class DaemonUnreachable(ClientError):
+    """Nothing (or not rolebroker) answers; ``hint`` says how to start it."""
+
+    def __init__(self, summary: str, hint: str) -> None:
+        super().__init__(f"{summary}; {hint}")
+        self.summary = summary
+        self.hint = hint
+
+
+class TokenUnavailable(ClientError):
+    pass
+
+
+class DaemonError(ClientError):
+    """The daemon answered with an error body ``{"code", "message"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @property
+    def user_must_act(self) -> bool:
+        """4xx: a retry will not help (see errors.py)."""
+        return 400 <= self.status < 500
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    text: str
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object; None for anything else (not every port is rolebroker)."""
+        body = _json_or_none(self.text)
+        return body if isinstance(body, dict) else None
+
+
+def start_hint(settings: Settings) -> str:
+    port = "" if settings.port == DEFAULT_PORT else f" --port {settings.port}"
+    service = (
+        "launchctl kickstart gui/$(id -u)/dev.rolebroker (when installed as a launchd agent)"
+        if sys.platform == "darwin"
+        else "systemctl --user start rolebroker (when installed as a user service)"
+    )
+    return f"start it with: {service}, or run: rolebroker serve{port}"
+
+
+class DaemonClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._token: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{CLIENT_HOST}:{self.settings.port}"
+
+    def creds_url(self, profile: str) -> str:
+        return f"{self.base_url}{creds_path(profile)}"
+
+    # -- token -------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """The daemon's token. A missing file usually means the daemon never ran; asking
+        /healthz first also starts a socket-activated daemon, which then writes it."""
+        if self._token is None:
+            try:
+                self._token = read_token(self.settings.token_file)
+            except FileNotFoundError:
+                self.healthz()
+                try:
+                    self._token = read_token(self.settings.token_file)
+                except FileNotFoundError:
+                    raise TokenUnavailable(
+                        f"rolebroker answers on {CLIENT_HOST}:{self.settings.port} but there is no token "
+                        f"file at {self.settings.token_file}; the daemon uses another one: pass --token-file "
+                        "or set ROLEBROKER_TOKEN_FILE (or token_file in config.toml) to the daemon's"
+                    ) from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TokenUnavailable(
+                    f"cannot read the token file {self.settings.token_file}: {exc}"
+                ) from None
+        return self._token
+
+    # -- requests ----------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        reply = self.request("GET", "/healthz", authorize=False)
+        body = _json_or_none(reply.text)
+        if reply.status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
+            raise DaemonUnreachable(
+                f"something answers on {CLIENT_HOST}:{self.settings.port} but it is not rolebroker "
+                f"(GET /healthz gave HTTP {reply.status})",
+                "pass the daemon's port with --port or ROLEBROKER_PORT, or move that program elsewhere",
+            )
+        return body
+
+    def status(self) -> dict[str, Any]:
+        body = self.checked("GET", "/status").json_object()
+        if body is None:
+            raise DaemonError(
+                502, "BadReply", "GET /status did not return a JSON object; is that rolebroker?"
+            )
+        return body
+
+    def credentials(self, profile: str) -> Reply:
+        """The raw ECS JSON reply (the body is what curl would print)."""
+        timeout = self.settings.request_timeout + QUICK_TIMEOUT
+        return self.checked("GET", creds_path(profile), timeout=timeout)
+
+    def reload(self) -> dict[str, Any]:
+        return self.checked("POST", "/reload").json_object() or {}
+
+    def checked(self, method: str, path: str, *, timeout: float = QUICK_TIMEOUT) -> Reply:
+        """A request that must succeed: an error reply becomes DaemonError."""
+        reply = self.request(method, path, timeout=timeout)
+        if reply.status == 200:
+            return reply
+        error = error_of(reply)
+        if error.code == "InvalidToken":
+            raise TokenUnavailable(
+                f"the token in {self.settings.token_file} is not the one the daemon on "
+                f"{CLIENT_HOST}:{self.settings.port} uses: it was started with another token file; pass "
+                "--token-file or set ROLEBROKER_TOKEN_FILE to the daemon's, or restart the daemon"
+            )
+        raise error
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        authorize: bool = True,
+        token: str | None = None,
+        timeout: float = QUICK_TIMEOUT,
+    ) -> Reply:
+        headers = {"Host": f"{CLIENT_HOST}:{self.settings.port}"}
+        if authorize:
+            headers["Authorization"] = token if token is not None else self.token()
+        connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
+        try:
+            connection.request(method, path, headers=headers)
+            response = connection.getresponse()
+            return Reply(response.status, response.read().decode("utf-8", "replace"))
+        except ConnectionRefusedError:
+            raise DaemonUnreachable(
+                f"rolebroker is not running on {CLIENT_HOST}:{self.settings.port} (connection refused)",
+                start_hint(self.settings),
+            ) from None
+        except TimeoutError:
+            raise DaemonUnreachable(
+                f"rolebroker on {CLIENT_HOST}:{self.settings.port} did not answer {method} {path} "
+                f"within {timeout:.0f}s",
+                "check its log (journalctl --user -u rolebroker) or restart it",
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(
+                f"cannot talk to rolebroker on {CLIENT_HOST}:{self.settings.port} "
+                f"({type(exc).__name__}: {exc})",
+                start_hint(self.settings),
+            ) from None
+        finally:
+            connection.close()
+
+
+def creds_path(profile: str) -> str:
+    return "/creds/" + urllib.parse.quote(profile, safe="")
+
+
+def error_of(reply: Reply) -> DaemonError:
+    body = _json_or_none(reply.text)
+    if isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str):
+        return DaemonError(reply.status, body["code"], body["message"])
+    return DaemonError(
+        reply.status, "HttpError", f"HTTP {reply.status} without an error body; see the daemon log"
+    )
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

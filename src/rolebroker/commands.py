@@ -1,0 +1,396 @@
+"""The commands around the daemon: shell set-up, status, doctor, demo.
+
+Every command finds the daemon through the same settings as ``serve`` (``--port``,
+``ROLEBROKER_PORT``, config.toml) and always talks to http://127.0.0.1:PORT with the
+token file. Errors are one line that says what to do; secrets are printed only by the
+commands whose job it is (``creds``, ``token``, ``env``), and only on stdout.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from rolebroker import shellenv
+from rolebroker.authtoken import read_token
+from rolebroker.client import ClientError, DaemonClient, DaemonError, TokenUnavailable, start_hint
+from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXEC_FAILED = 125
+"""``exec`` could not start the command (daemon, token or profile): like env(1) and docker."""
+
+
+class ExecError(click.ClickException):
+    exit_code = EXEC_FAILED
+
+
+def daemon_options(command: F) -> F:
+    """--port and --token-file, with the same meaning and precedence as for ``serve``."""
+    command = click.option(
+        "--token-file",
+        type=click.Path(path_type=Path),
+        help="The daemon's token file [env ROLEBROKER_TOKEN_FILE; default $XDG_RUNTIME_DIR/rolebroker/token]",
+    )(command)
+    return click.option(
+        "--port", type=int, help=f"The daemon's port [env ROLEBROKER_PORT; default {DEFAULT_PORT}]"
+    )(command)
+
+
+def settings_for(port: int | None, token_file: Path | None) -> Settings:
+    try:
+        return load_settings({"port": port, "token_file": token_file})
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def reported(error: type[click.ClickException] = click.ClickException) -> Iterator[None]:
+    """A ClientError becomes a one-line error and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except ClientError as exc:
+        raise error(str(exc)) from None
+
+
+# -- env and exec --------------------------------------------------------------------------
+
+
+@click.command("env")
+@click.argument("profile")
+@click.option(
+    "--shell",
+    type=click.Choice(shellenv.SHELLS),
+    help="Syntax of the output [default: from $SHELL, else bash]",
+)
+@click.option(
+    "--export-token-file",
+    is_flag=True,
+    help="Also export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (same token; re-read by newer SDKs).",
+)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Do not ask the daemon first (it must have written its token file already).",
+)
+@daemon_options
+def env_command(
+    profile: str,
+    shell: str | None,
+    export_token_file: bool,
+    no_check: bool,
+    port: int | None,
+    token_file: Path | None,
+) -> None:
+    """Print shell lines that point every AWS SDK and CLI at PROFILE.
+
+    \b
+    bash/zsh:  eval "$(rolebroker env PROFILE)"
+    fish:      rolebroker env PROFILE --shell fish | source
+
+    Exports AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:PORT/creds/PROFILE and
+    AWS_CONTAINER_AUTHORIZATION_TOKEN, the profile's region (unless you set one), and unsets
+    what SDKs would use first: AWS_PROFILE, AWS_DEFAULT_PROFILE, AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI and more.
+    If [default] in ~/.aws/credentials holds keys, AWS_SHARED_CREDENTIALS_FILE=/dev/null too.
+    The profile is fetched once first, so typos fail here and the first SDK call is warm.
+    """
+    settings = settings_for(port, token_file)
+    chosen = shell or shellenv.detect_shell(os.environ)
+    planned = _client_environment(settings, profile, check=not no_check, export_token_file=export_token_file)
+    for note in planned.notes:
+        click.echo(f"rolebroker: note: {note}", err=True)
+    flags = _port_flag(settings) + (f" --token-file {_quote_arg(str(token_file))}" if token_file else "")
+    hint = shellenv.eval_hint(chosen, f"rolebroker env {_quote_arg(profile)}{flags}")
+    footer = f"rolebroker profile {profile} on 127.0.0.1:{settings.port}; run: {hint}"
+    click.echo(planned.render(chosen, footer=footer), nl=False)
+
+
+@click.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@daemon_options
+@click.argument("profile")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_command(profile: str, command: Sequence[str], port: int | None, token_file: Path | None) -> None:
+    """Run COMMAND with PROFILE's credentials from the daemon.
+
+    \b
+    rolebroker exec prod -- aws s3 ls
+    rolebroker exec prod            # a shell ($SHELL) set up for prod
+
+    The command gets the environment `rolebroker env` prints, whatever the calling shell
+    has set (AWS_PROFILE, access keys, ...). It replaces rolebroker (exec), so signals go
+    straight to it and its exit code is the exit code. Exit 125 if rolebroker could not
+    start it (daemon not running, unknown profile), 127 if COMMAND is not found.
+    """
+    settings = settings_for(port, token_file)
+    argv = list(command[1:] if command[:1] == ("--",) else command)
+    argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
+    planned = _client_environment(settings, profile, check=True, export_token_file=False, error=ExecError)
+    for note in planned.notes:
+        click.echo(f"rolebroker: note: {note}", err=True)
+    environment = planned.apply(os.environ)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, environment)  # noqa: S606  (exec, like env(1): no shell involved)
+    except FileNotFoundError:
+        _exit(127, f"command not found: {argv[0]}")
+    except PermissionError:
+        _exit(126, f"permission denied: {argv[0]}")
+    except OSError as exc:
+        _exit(126, f"cannot run {argv[0]}: {exc.strerror}")
+
+
+def _exit(code: int, message: str) -> NoReturn:
+    click.echo(f"rolebroker: {message}", err=True)
+    sys.exit(code)
+
+
+def _client_environment(
+    settings: Settings,
+    profile: str,
+    *,
+    check: bool,
+    export_token_file: bool,
+    error: type[click.ClickException] = click.ClickException,
+) -> shellenv.ShellEnv:
+    client = DaemonClient(settings)
+    with reported(error):
+        if check:
+            _check_profile(client, profile, error)
+        token = client.token() if check else _token_without_daemon(settings)
+    return shellenv.plan(
+        url=client.creds_url(profile),
+        token=token,
+        profile=profile,
+        environ=os.environ,
+        aws_config=shellenv.read_aws_config(os.environ, profile),
+        token_file=settings.token_file if export_token_file else None,
+    )
+
+
+def _check_profile(client: DaemonClient, profile: str, error: type[click.ClickException]) -> None:
+    """4xx: the user must act first (typo, SSO login, MFA); 5xx: a retry helps, so warn only."""
+    try:
+        client.credentials(profile)
+    except DaemonError as exc:
+        if exc.user_must_act:
+            raise error(f"rolebroker cannot serve profile {profile!r}: {exc.code}: {exc.message}") from None
+        click.echo(
+            f"rolebroker: warning: profile {profile!r} is not available right now ({exc.code}: "
+            f"{exc.message}); SDKs will retry",
+            err=True,
+        )
+
+
+def _token_without_daemon(settings: Settings) -> str:
+    try:
+        return read_token(settings.token_file)
+    except FileNotFoundError:
+        raise TokenUnavailable(
+            f"no token file at {settings.token_file}: the daemon writes it when it starts; "
+            + start_hint(settings)
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenUnavailable(f"cannot read the token file {settings.token_file}: {exc}") from None
+
+
+def _port_flag(settings: Settings) -> str:
+    return "" if settings.port == DEFAULT_PORT else f" --port {settings.port}"
+
+
+def _quote_arg(value: str) -> str:
+    return shlex.quote(value)
+
+
+# -- talking to the daemon --------------------------------------------------------------------
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The daemon's /status document, for scripts.")
+@daemon_options
+def status_command(as_json: bool, port: int | None, token_file: Path | None) -> None:
+    """Show every profile: state, expiry, last refresh, last error. Never a secret."""
+    settings = settings_for(port, token_file)
+    with reported():
+        status = DaemonClient(settings).status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        click.echo(format_status(status, time.time()), nl=False)
+
+
+@click.command("creds")
+@click.argument("profile")
+@daemon_options
+def creds_command(profile: str, port: int | None, token_file: Path | None) -> None:
+    """Print PROFILE's credentials as the ECS JSON the SDKs get (what curl would print)."""
+    settings = settings_for(port, token_file)
+    with reported():
+        reply = DaemonClient(settings).credentials(profile)
+    click.echo(reply.text)
+
+
+@click.command("token")
+@daemon_options
+def token_command(port: int | None, token_file: Path | None) -> None:
+    """Print the daemon's token (no newline when piped): curl -H "Authorization: $(rolebroker token)"."""
+    settings = settings_for(port, token_file)
+    with reported():
+        token = DaemonClient(settings).token()
+    click.echo(token, nl=sys.stdout.isatty())
+
+
+@click.command("reload")
+@daemon_options
+def reload_command(port: int | None, token_file: Path | None) -> None:
+    """Make the daemon re-read the AWS config and its config.toml (like SIGHUP).
+
+    Cached credentials of profiles whose definition did not change are kept.
+    """
+    settings = settings_for(port, token_file)
+    with reported():
+        result = DaemonClient(settings).reload()
+    click.echo(f"rolebroker reloaded: {result.get('profiles', '?')} profiles")
+
+
+@click.command("doctor")
+@click.argument("profile", required=False)
+@daemon_options
+def doctor_command(profile: str | None, port: int | None, token_file: Path | None) -> None:
+    """Check the daemon and this environment; explain every problem and its fix.
+
+    Checks that the daemon answers and accepts the token, that PROFILE (and the profile in
+    AWS_CONTAINER_CREDENTIALS_FULL_URI) can be served, and everything that makes SDKs bypass
+    the endpoint: access keys or AWS_PROFILE in the environment, a [default] profile with
+    credentials, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, a FULL_URI host or port some SDKs
+    refuse, token variables that disagree or end with a newline. Exits 1 on any problem.
+    """
+    from rolebroker import doctor
+
+    settings = settings_for(port, token_file)
+    findings = doctor.diagnose(settings, os.environ, profile)
+    click.echo(doctor.render(findings, settings), nl=False)
+    if doctor.has_problems(findings):
+        sys.exit(1)
+
+
+@click.command("demo")
+@click.option(
+    "--port", type=int, help=f"Port for the demo daemon [env ROLEBROKER_PORT; default {DEFAULT_PORT}]"
+)
+def demo_command(port: int | None) -> None:
+    """Run rolebroker against an embedded local STS (needs: pip install 'rolebroker[demo]').
+
+    Generates a throw-away AWS config with profiles dev and prod (chained across accounts),
+    prints commands to try, and never touches ~/.aws. Honours ROLEBROKER_TOKEN_FILE.
+    """
+    from rolebroker import demo
+
+    demo.run(settings_for(port, None))
+
+
+# -- status table ------------------------------------------------------------------------------
+
+
+def format_status(status: dict[str, Any], now: float) -> str:
+    """A table a human can read at a glance, then the full error messages."""
+    lines = [
+        f"rolebroker {status.get('version', '?')} on {status.get('listen', '?')} "
+        f"(pid {status.get('pid', '?')}, up {_duration(status.get('uptime_seconds'))}), "
+        f"{status.get('sts_calls_total', 0)} STS calls, "
+        f"renews {_duration(status.get('refresh_before_seconds'))} before expiry",
+    ]
+    files = status.get("aws_config_files") or []
+    if files:
+        lines.append("AWS config: " + ", ".join(map(str, files)))
+    config_error = status.get("config_error")
+    if isinstance(config_error, dict):
+        lines.append(f"AWS config error: {config_error.get('code')}: {config_error.get('message')}")
+    lines.append("")
+    profiles = [p for p in status.get("profiles") or [] if isinstance(p, dict)]
+    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
+    rows = [header]
+    details: list[str] = []
+    for profile in profiles:
+        error = profile.get("last_error") or {}
+        error_cell = "-"
+        if error:
+            when = _ago(error.get("at"), now)
+            error_cell = str(error.get("code", "?")) + (f" ({when})" if when != "-" else "")
+            details.append(f"{profile.get('name')}: {error.get('code')}: {error.get('message')}")
+        rows.append(
+            (
+                str(profile.get("name", "?")),
+                str(profile.get("state", "?")),
+                _duration(profile.get("expires_in_seconds")),
+                _ago(profile.get("last_refresh"), now),
+                error_cell,
+            )
+        )
+    if not profiles:
+        lines.append("No profiles in the AWS config.")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+    if details:
+        lines += ["", *details]
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    total = int(seconds)
+    if total < 0:
+        return "expired"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def _ago(stamp: Any, now: float) -> str:
+    if not isinstance(stamp, str):
+        return "-"
+    try:
+        then = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return stamp
+    return f"{_duration(max(0, now - then))} ago"
+
+
+COMMANDS: tuple[click.Command, ...] = (
+    env_command,
+    exec_command,
+    status_command,
+    creds_command,
+    token_command,
+    reload_command,
+    doctor_command,
+    demo_command,
+)
+
+
+def register(group: click.Group) -> None:
+    for command in COMMANDS:
+        group.add_command(command)

@@ -1,0 +1,199 @@
+"""``rolebroker demo``: the real daemon against an embedded local STS (moto), so anyone can
+try the whole flow without an AWS account and without touching ~/.aws.
+
+moto runs in this process on a thread: it stops when the demo stops, however it stops.
+The AWS config lives in a private temporary directory that is removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from rolebroker.config import DEFAULT_PORT, Settings, default_token_file
+from rolebroker.shellenv import KEY_VARS, PROFILE_VARS, RELATIVE_URI, WEB_IDENTITY_VARS
+
+DEV_ACCOUNT = "111111111111"
+DEMO_REGION = "us-east-1"
+PROD_ACCOUNT = "222222222222"
+
+DEMO_CONFIG = f"""\
+# Written by `rolebroker demo`; removed when the demo stops.
+[profile demo-base]
+region = {DEMO_REGION}
+
+[profile dev]
+role_arn = arn:aws:iam::{DEV_ACCOUNT}:role/demo-developer
+source_profile = demo-base
+region = {DEMO_REGION}
+
+[profile prod]
+role_arn = arn:aws:iam::{PROD_ACCOUNT}:role/demo-deployer
+source_profile = dev
+external_id = rolebroker-demo
+region = {DEMO_REGION}
+"""
+
+# moto accepts any keys; these exist only in the demo's temporary directory.
+DEMO_CREDENTIALS = """\
+[demo-base]
+aws_access_key_id = AKIAROLEBROKERDEMO00
+aws_secret_access_key = rolebroker-demo-not-a-real-secret-key000
+"""
+
+_CLIENT_VARS = (*PROFILE_VARS, *KEY_VARS, RELATIVE_URI, *WEB_IDENTITY_VARS, "AWS_SSO_SESSION")
+
+
+class _Stop(Exception):
+    """Ctrl-C or SIGTERM: leave through the finally blocks, so moto and the files go too."""
+
+
+def run(settings: Settings) -> None:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise click.ClickException(
+            "the demo needs moto, which is not installed: pip install 'rolebroker[demo]'"
+        ) from None
+    from rolebroker.logs import configure_logging
+    from rolebroker.main import run_daemon
+
+    _require_free_port(settings.port)
+    configure_logging(settings.log_level)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+    with _stop_on_signals(), _private_dir() as workdir:
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        try:
+            sts_url = f"http://127.0.0.1:{moto.get_host_and_port()[1]}"
+            config = _write(workdir / "config", DEMO_CONFIG)
+            credentials = _write(workdir / "credentials", DEMO_CREDENTIALS)
+            _isolate_environment(config, credentials, sts_url)
+            _announce_when_ready(settings, sts_url, config)
+            run_daemon(settings)
+        except _Stop:
+            pass
+        finally:
+            moto.stop()
+    click.echo("rolebroker demo stopped; the local STS and the temporary AWS config are gone.")
+
+
+def _require_free_port(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise click.ClickException(
+                f"port {port} is in use (a running rolebroker? see: rolebroker status --port {port}); "
+                f"pick another: rolebroker demo --port {port + 1}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """uvicorn re-raises SIGTERM/SIGINT with the handlers it found once it has shut down:
+    these handlers turn them into _Stop instead of killing the process mid-cleanup."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _private_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rolebroker-demo-"))  # 0700
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def _isolate_environment(config: Path, credentials: Path, sts_url: str) -> None:
+    """The daemon in this process reads only the demo's files and calls only moto."""
+    for name in _CLIENT_VARS:
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "AWS_CONFIG_FILE": str(config),
+            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+            "AWS_ENDPOINT_URL_STS": sts_url,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+
+
+def _announce_when_ready(settings: Settings, sts_url: str, config: Path) -> None:
+    def wait_then_print() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", settings.port), timeout=0.5):
+                    click.echo(banner(settings, sts_url, config))
+                    return
+            except OSError:
+                time.sleep(0.05)
+
+    threading.Thread(target=wait_then_print, name="demo-banner", daemon=True).start()
+
+
+def banner(settings: Settings, sts_url: str, config: Path) -> str:
+    """The lines to try, exact for this port and token file."""
+    flags = ""
+    if settings.port != DEFAULT_PORT:
+        flags += f" --port {settings.port}"
+    token_flag = ""
+    if settings.token_file != default_token_file(os.environ):
+        token_flag = f" --token-file {shlex.quote(str(settings.token_file))}"
+    flags += token_flag
+    url = f"http://127.0.0.1:{settings.port}"
+    return "\n".join(
+        [
+            "",
+            "rolebroker demo: the real daemon on a local STS (moto). Nothing touches your ~/.aws or AWS.",
+            f"  rolebroker   {url}   token file {settings.token_file}",
+            f"  local STS    {sts_url}",
+            f"  AWS config   {config}",
+            f"               dev  = role in account {DEV_ACCOUNT}",
+            f"               prod = role in account {PROD_ACCOUNT}, assumed from dev (external_id)",
+            "",
+            "Try, in another terminal:",
+            f'  curl -s -H "Authorization: $(rolebroker token{token_flag})" {url}/creds/prod',
+            f'  eval "$(rolebroker env prod{flags})"',
+            f"  aws sts get-caller-identity --endpoint-url {sts_url} --region {DEMO_REGION}",
+            f"  rolebroker status{flags}",
+            "",
+            "Ctrl-C stops the demo, the local STS, and removes the temporary AWS config.",
+            "",
+        ]
+    )

@@ -1,0 +1,491 @@
+"""``rolebroker doctor``: why an SDK in this environment does not get its credentials.
+
+Only two SDKs show the daemon's error message, and most bypass the endpoint silently
+when something earlier in their chain has credentials (client-contract.md). So the
+doctor checks the daemon, then this environment, and for every finding says what is
+wrong, why it matters and the exact fix. It never prints a secret: variable names and
+setting names only, never their values (except profile names, hosts and ports).
+"""
+
+from __future__ import annotations
+
+import calendar
+import ipaddress
+import shlex
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from rolebroker.authtoken import token_matches
+from rolebroker.client import (
+    CLIENT_HOST,
+    ClientError,
+    DaemonClient,
+    DaemonUnreachable,
+    Reply,
+    creds_path,
+    error_of,
+)
+from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.shellenv import (
+    CREDENTIALS_FILE,
+    EMPTY_FILE,
+    FULL_URI,
+    KEY_VARS,
+    PROFILE_VARS,
+    RELATIVE_URI,
+    TOKEN,
+    TOKEN_FILE,
+    AwsConfigView,
+    read_aws_config,
+)
+
+WEB_IDENTITY = "AWS_WEB_IDENTITY_TOKEN_FILE"
+# Hosts aws-sdk-js v2 (Serverless v3) and the AWS CLI v2 before 2.15 accept (client-contract.md A1).
+_EVERY_CLIENT_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+
+class Level(Enum):
+    OK = "ok"
+    NOTE = "note"
+    PROBLEM = "PROBLEM"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    what: str
+    why: str = ""
+    fix: str = ""
+
+
+@dataclass
+class _Context:
+    settings: Settings
+    environ: Mapping[str, str]
+    profile: str | None
+    client: DaemonClient
+    aws_config: AwsConfigView
+    findings: list[Finding] = field(default_factory=list)
+    reachable: bool = False
+    daemon_token: str | None = None
+    """The token file's token, once the daemon accepted it."""
+
+    def ok(self, what: str) -> None:
+        self.findings.append(Finding(Level.OK, what))
+
+    def note(self, what: str, why: str = "", fix: str = "") -> None:
+        self.findings.append(Finding(Level.NOTE, what, why, fix))
+
+    def problem(self, what: str, why: str, fix: str) -> None:
+        self.findings.append(Finding(Level.PROBLEM, what, why, fix))
+
+    def env_fix(self, profile: str | None = None) -> str:
+        name = profile or self.environ.get("ROLEBROKER_PROFILE") or self.profile or "PROFILE"
+        port = "" if self.settings.port == DEFAULT_PORT else f" --port {self.settings.port}"
+        return f'eval "$(rolebroker env {name}{port})"'
+
+
+def diagnose(settings: Settings, environ: Mapping[str, str], profile: str | None = None) -> list[Finding]:
+    """Every check, in the order a user should fix things."""
+    aws_config = read_aws_config(environ)
+    ctx = _Context(settings, environ, profile, DaemonClient(settings), aws_config)
+    _check_daemon(ctx)
+    served = _check_endpoint_variables(ctx)
+    _check_tokens(ctx, served)
+    _check_shadowing(ctx)
+    _check_profiles(ctx, served)
+    return ctx.findings
+
+
+# -- the daemon ------------------------------------------------------------------------
+
+
+def _check_daemon(ctx: _Context) -> None:
+    where = f"{CLIENT_HOST}:{ctx.settings.port}"
+    try:
+        ctx.client.healthz()
+    except DaemonUnreachable as exc:
+        ctx.problem(
+            exc.summary,
+            "nothing serves credentials, so every SDK pointed at the endpoint fails",
+            exc.hint,
+        )
+        _check_token_file_shape(ctx)
+        return
+    ctx.reachable = True
+    _check_token_file_shape(ctx)
+    try:
+        token = ctx.client.token()
+    except ClientError as exc:
+        ctx.problem(
+            str(exc),
+            "without the daemon's token this CLI and every client are refused",
+            "pass the daemon's token file with --token-file or ROLEBROKER_TOKEN_FILE",
+        )
+        return
+    reply = _get(ctx, "/status", token)
+    if reply is None:
+        return
+    if reply.status != 200 and reply.status not in (401, 403):
+        error = error_of(reply)
+        ctx.problem(f"GET /status failed: {error.code}: {error.message}", "", "see the daemon's log")
+        return
+    if reply.status != 200:
+        error = error_of(reply)
+        ctx.problem(
+            f"the daemon on {where} refuses the token in {ctx.settings.token_file} ({error.code})",
+            "it was started with another token file, so tokens exported from this one are refused",
+            "pass the daemon's token file with --token-file or ROLEBROKER_TOKEN_FILE, or restart the "
+            "daemon so that it uses this one",
+        )
+        return
+    ctx.daemon_token = token
+    status = reply.json_object() or {}
+    ctx.ok(
+        f"rolebroker {status.get('version', '?')} answers on {where} (pid {status.get('pid', '?')}) "
+        f"and accepts the token in {ctx.settings.token_file}"
+    )
+    config_error = status.get("config_error")
+    if isinstance(config_error, dict):
+        code, message = config_error.get("code"), config_error.get("message")
+        ctx.problem(
+            f"the daemon cannot read the AWS config: {code}: {message}",
+            "it keeps serving the last good version; profiles added or changed since are unknown to it",
+            "fix the file, then run: rolebroker reload",
+        )
+    settings_error = status.get("settings_error")
+    if isinstance(settings_error, str) and settings_error:
+        ctx.problem(
+            f"the daemon cannot read its own settings: {settings_error}",
+            "it keeps running with the previous settings",
+            "fix the file, then run: rolebroker reload",
+        )
+
+
+def _check_token_file_shape(ctx: _Context) -> None:
+    """A missing file is reported by the token check that follows (or implied by a stopped daemon)."""
+    path = ctx.settings.token_file
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        ctx.problem(
+            f"cannot read the token file {path}: {exc.strerror}",
+            "clients and this CLI need it",
+            f"check the permissions of {path} (it should be 0600 and yours)",
+        )
+        return
+    _check_token_bytes(ctx, raw, f"the token file {path}", _rewrite_fix(path))
+
+
+def _check_token_bytes(ctx: _Context, raw: bytes, source: str, fix: str) -> None:
+    stripped = raw.strip()
+    if not stripped:
+        ctx.problem(f"{source} is empty", "clients send an empty token and are refused", fix)
+    elif raw != stripped and raw.rstrip(b"\r\n") == stripped:
+        ctx.problem(
+            f"{source} ends with a newline",
+            "botocore raises ValueError, aws-sdk-js v2 (Serverless v3) crashes the Node process, Go and Rust "
+            "refuse the header",
+            fix,
+        )
+    elif raw != stripped or any(chr(b).isspace() for b in stripped):
+        ctx.problem(
+            f"{source} contains whitespace",
+            "the token is sent verbatim, so it never matches",
+            fix,
+        )
+
+
+def _rewrite_fix(path: Path) -> str:
+    quoted = shlex.quote(str(path))
+    return f"printf '%s' \"$(cat {quoted})\" > {quoted}   # rewrites it without the newline"
+
+
+# -- what this environment tells SDKs ---------------------------------------------------
+
+
+def _check_endpoint_variables(ctx: _Context) -> str | None:
+    """Checks FULL_URI and RELATIVE_URI; returns the profile FULL_URI serves, if usable."""
+    env = ctx.environ
+    if env.get(RELATIVE_URI):
+        ctx.problem(
+            f"{RELATIVE_URI} is set",
+            "almost every SDK prefers it over FULL_URI and asks 169.254.170.2, not rolebroker",
+            f"unset {RELATIVE_URI}   # or: {ctx.env_fix()}",
+        )
+    raw = env.get(FULL_URI)
+    if not raw:
+        ctx.problem(
+            f"{FULL_URI} is not set",
+            "SDKs in this environment do not ask rolebroker at all",
+            ctx.env_fix(),
+        )
+        return None
+    try:
+        url = urllib.parse.urlsplit(raw)
+        host, port = url.hostname or "", url.port
+    except ValueError:
+        ctx.problem(f"{FULL_URI} is not a valid URL", "SDKs refuse it", ctx.env_fix())
+        return None
+    shown = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"
+    fixed = ctx.env_fix(_profile_in_path(url.path))
+    usable = True
+    if url.scheme != "http":
+        ctx.problem(f"{FULL_URI}={shown} is not http://", "rolebroker speaks plain HTTP on loopback", fixed)
+        usable = False
+    if not _is_loopback(host):
+        ctx.problem(
+            f"{FULL_URI}={shown} does not point at this machine",
+            "rolebroker only listens on loopback, and SDKs refuse plain HTTP to other hosts",
+            fixed,
+        )
+        return None
+    if host not in _EVERY_CLIENT_HOSTS:
+        ctx.problem(
+            f"{FULL_URI}={shown} uses host {url.netloc.rpartition('@')[2].rsplit(':', 1)[0]}",
+            "aws-sdk-js v2 (so Serverless v3) and the AWS CLI v2 before 2.15 accept only 127.0.0.1 and "
+            "localhost, and rolebroker listens on 127.0.0.1",
+            fixed,
+        )
+        usable = False
+    elif host == "localhost":
+        ctx.note(
+            f"{FULL_URI} uses localhost",
+            "Go, Java and Rust SDKs resolve it and need every address to be loopback; some clients try ::1 "
+            "first, where rolebroker does not listen",
+            fixed,
+        )
+    if port != ctx.settings.port:
+        ctx.problem(
+            f"{FULL_URI}={shown} points at port {port or 80}, but rolebroker listens on {ctx.settings.port}",
+            "SDKs ask a port where rolebroker is not",
+            fixed,
+        )
+        usable = False
+    served = _profile_in_path(url.path)
+    if served is None:
+        ctx.problem(
+            f"{FULL_URI}={shown} is not a /creds/PROFILE address",
+            "rolebroker serves credentials only under /creds/PROFILE",
+            fixed,
+        )
+        return None
+    return served if usable else None
+
+
+def _profile_in_path(path: str) -> str | None:
+    if path == "/creds":
+        return ""
+    if path.startswith("/creds/") and len(path) > len("/creds/") and "/" not in path[len("/creds/") :]:
+        return urllib.parse.unquote(path[len("/creds/") :])
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_tokens(ctx: _Context, served: str | None) -> None:
+    env = ctx.environ
+    env_token = env.get(TOKEN)
+    file_name = env.get(TOKEN_FILE)
+    if not env.get(FULL_URI):
+        return
+    if env_token is None and not file_name:
+        ctx.problem(
+            f"neither {TOKEN} nor {TOKEN_FILE} is set",
+            "SDKs send no token and rolebroker refuses them (MissingToken)",
+            ctx.env_fix(served),
+        )
+        return
+    file_token: str | None = None
+    if file_name:
+        path = Path(file_name)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            ctx.problem(
+                f"{TOKEN_FILE}={file_name} cannot be read ({exc.strerror})",
+                "SDKs that read the file (botocore, AWS CLI >= 2.15, JS SDK v3, Go, Rust) fail",
+                f"unset {TOKEN_FILE}   # or: {ctx.env_fix(served)}",
+            )
+        else:
+            _check_token_bytes(ctx, raw, f"the file in {TOKEN_FILE} ({file_name})", _rewrite_fix(path))
+            file_token = raw.decode("ascii", "replace").strip()
+    if env_token is not None:
+        _check_token_bytes(ctx, env_token.encode(), TOKEN, ctx.env_fix(served))
+    if env_token is not None and file_token is not None and not token_matches(env_token.strip(), file_token):
+        ctx.problem(
+            f"{TOKEN} and the file in {TOKEN_FILE} hold different tokens",
+            "botocore, the AWS CLI >= 2.15, JS SDK v3, Go and Rust send the file's, aws-sdk-js v2 and Java "
+            "the variable's, so some clients are refused",
+            ctx.env_fix(served),
+        )
+    if not ctx.reachable:
+        return
+    for name, token in ((TOKEN, env_token), (TOKEN_FILE, file_token)):
+        if token is None or not token.strip():
+            continue
+        if ctx.daemon_token is not None and token_matches(ctx.daemon_token, token.strip()):
+            continue
+        reply = _get(ctx, "/status", token.strip())
+        if reply is not None and reply.status in (401, 403):
+            ctx.problem(
+                f"the token in {name} is not the daemon's",
+                "rolebroker refuses every request with it (InvalidToken)",
+                ctx.env_fix(served),
+            )
+
+
+def _check_shadowing(ctx: _Context) -> None:
+    env = ctx.environ
+    keys = [name for name in KEY_VARS if env.get(name)]
+    if keys:
+        ctx.problem(
+            f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} set",
+            "every SDK uses keys from the environment first, so rolebroker is bypassed",
+            f"unset {' '.join(keys)}   # or: {ctx.env_fix()}",
+        )
+    profiles = [f"{name}={env[name]}" for name in PROFILE_VARS if env.get(name)]
+    if profiles:
+        ctx.problem(
+            f"{', '.join(profiles)} {'is' if len(profiles) == 1 else 'are'} set",
+            "SDKs resolve a named profile before the container endpoint, so rolebroker is bypassed (and "
+            "Serverless v3 fails on profiles without keys)",
+            f"unset {' '.join(n for n in PROFILE_VARS if env.get(n))}   # or: {ctx.env_fix()}",
+        )
+    if env.get(WEB_IDENTITY):
+        ctx.problem(
+            f"{WEB_IDENTITY} is set",
+            "SDKs assume a role with that web identity token before asking rolebroker",
+            f"unset {WEB_IDENTITY} AWS_ROLE_ARN   # or: {ctx.env_fix()}",
+        )
+    view = ctx.aws_config
+    if view.default_in_credentials:
+        ctx.problem(
+            f"[default] in {view.credentials_path} has {', '.join(view.default_in_credentials)}",
+            "with no AWS_PROFILE, SDKs use the default profile's credentials before rolebroker",
+            f"export {CREDENTIALS_FILE}={EMPTY_FILE}   # in client shells, as rolebroker env does; or move "
+            "them to a named profile (e.g. [base]) and set source_profile = base where they are used",
+        )
+    if view.default_in_config:
+        ctx.problem(
+            f"[default] in {view.config_path} has {', '.join(view.default_in_config)}",
+            "with no AWS_PROFILE, SDKs use the default profile's credentials before rolebroker",
+            "move them to a named profile (e.g. [profile base]) and set source_profile = base where they "
+            "are used; then: rolebroker reload",
+        )
+    for error in view.errors:
+        ctx.problem(error, "SDKs fail to read the AWS config too", "fix the file")
+
+
+# -- can the profiles be served ---------------------------------------------------------
+
+
+def _check_profiles(ctx: _Context, served: str | None) -> None:
+    if ctx.profile is not None and served is not None and served != ctx.profile:
+        ctx.note(
+            f"this environment uses profile {served or '(the daemon default)'!r}, not {ctx.profile!r}",
+            "",
+            ctx.env_fix(ctx.profile),
+        )
+    for name in _unique(p for p in (served, ctx.profile) if p is not None):
+        _check_profile(ctx, name)
+
+
+def _check_profile(ctx: _Context, profile: str) -> None:
+    if not ctx.reachable or ctx.daemon_token is None:
+        return
+    label = repr(profile) if profile else "the daemon's default profile"
+    path = creds_path(profile) if profile else "/creds"
+    reply = _get(ctx, path, ctx.daemon_token, timeout=ctx.settings.request_timeout + 10)
+    if reply is None:
+        return
+    if reply.status != 200:
+        error = error_of(reply)
+        ctx.problem(
+            f"rolebroker cannot serve {label}: {error.code} (HTTP {reply.status})",
+            error.message,
+            _fix_for(error.code, error.message),
+        )
+        return
+    body = reply.json_object() or {}
+    left = _expires_in(str(body.get("Expiration", "")))
+    account = body.get("AccountId") or "?"
+    role = body.get("RoleArn")
+    ctx.ok(f"rolebroker serves {label}: account {account}{f', role {role}' if role else ''}, {left}")
+
+
+def _fix_for(code: str, message: str) -> str:
+    if code in ("StsUnavailable", "StsTimeout"):
+        return "retry in a few seconds; if it persists, check the network and: rolebroker status"
+    if code == "ProfileNotFound":
+        return "add the profile to the AWS config (the daemon finds it on the next request)"
+    return "see the message above; then: rolebroker status"
+
+
+def _expires_in(stamp: str) -> str:
+    try:
+        expires = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return "expiry unknown"
+    minutes = int((expires - time.time()) // 60)
+    return f"expires in {minutes} min"
+
+
+def _get(ctx: _Context, path: str, token: str, *, timeout: float = 10.0) -> Reply | None:
+    try:
+        return ctx.client.request("GET", path, token=token, timeout=timeout)
+    except DaemonUnreachable as exc:
+        ctx.problem(exc.summary, "the daemon stopped answering during the checks", exc.hint)
+        ctx.reachable = False
+        return None
+
+
+def _unique(items: Iterator[str]) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def render(findings: list[Finding], settings: Settings) -> str:
+    lines = [
+        f"rolebroker doctor: daemon on {CLIENT_HOST}:{settings.port}, token file {settings.token_file}",
+        "",
+    ]
+    width = max(len(level.value) for level in Level) + 2
+    for finding in findings:
+        lines.append(f"  {finding.level.value:<{width}}{finding.what}")
+        if finding.why:
+            lines.append(f"  {'':<{width}}why: {finding.why}")
+        if finding.fix:
+            lines.append(f"  {'':<{width}}fix: {finding.fix}")
+    problems = sum(f.level is Level.PROBLEM for f in findings)
+    lines.append("")
+    if problems == 1:
+        lines.append("1 problem found; fix it, then run rolebroker doctor again.")
+    elif problems:
+        lines.append(f"{problems} problems found; fix them top to bottom, then run rolebroker doctor again.")
+    else:
+        lines.append("No problems found: SDKs in this environment get their credentials from rolebroker.")
+    return "\n".join(lines) + "\n"
+
+
+def has_problems(findings: list[Finding]) -> bool:
+    return any(f.level is Level.PROBLEM for f in findings)

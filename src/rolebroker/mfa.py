@@ -1,0 +1,449 @@
+"""MFA out of band: the code hand-off (``rolebroker mfa``), the watcher that announces
+profiles waiting for a code and MFA sessions about to expire, and ``mfa_process`` hooks.
+
+No credential request ever waits for a human: a request for a locked profile gets
+MfaRequired at once, and the code arrives on its own authenticated POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from rolebroker.cache import CacheEntry, Clock, CredentialCache
+from rolebroker.config import Settings
+from rolebroker.credentials import Credentials, format_expiration
+from rolebroker.errors import BrokerError, InvalidMfaCode
+from rolebroker.providers import CredentialProvider, MfaSession, chain_of
+
+log = logging.getLogger("rolebroker")
+
+_CODE = re.compile(r"[0-9]{6}")
+MFA_WARN_BEFORE = 3600.0
+"""Warn this long before an MFA session ends (at most at half its life)."""
+HOOK_TIMEOUT = 60.0
+"""An mfa_process may wait for a touch of a hardware key."""
+NOTIFY_TIMEOUT = 5.0
+
+Notifier = Callable[[str, str], None]
+
+
+def valid_code(code: str) -> bool:
+    return _CODE.fullmatch(code) is not None
+
+
+def code_from_body(raw: bytes) -> str:
+    """The code of a ``POST /mfa/{profile}`` body ``{"code": "123456"}``; never echoed back."""
+    try:
+        body = json.loads(raw) if len(raw) <= 1024 else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not valid_code(code):
+        raise InvalidMfaCode('send {"code": "123456"}: an MFA code is 6 digits; run: rolebroker mfa PROFILE')
+    return code
+
+
+def mfa_session_of(provider: CredentialProvider) -> MfaSession | None:
+    return next((hop for hop in chain_of(provider) if isinstance(hop, MfaSession)), None)
+
+
+# -- notifications and hooks: blocking, always run in a worker thread -------------------------
+
+
+def desktop_notify(title: str, body: str) -> None:
+    """A desktop notification when ``notify-send`` exists; optional, failures are ignored."""
+    exe = shutil.which("notify-send")
+    if exe is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [exe, "--app-name=rolebroker", title, body],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=NOTIFY_TIMEOUT,
+            check=False,
+        )
+
+
+class MfaProcessError(Exception):
+    """The hook gave no code; the message never contains its output."""
+
+
+def run_mfa_process(
+    command: str,
+    timeout: float = HOOK_TIMEOUT,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
+) -> str:
+    """Run ``mfa_process`` like botocore runs ``credential_process`` (split, no shell) and
+    return the 6-digit code it prints last. Its whole process group dies on a timeout;
+    ``on_start`` lets the daemon kill it when it stops."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise MfaProcessError(f"cannot parse the command: {exc}") from None
+    if not argv:
+        raise MfaProcessError("the command is empty")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+    except OSError as exc:
+        raise MfaProcessError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    if on_start is not None:
+        on_start(proc)
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.communicate()
+        raise MfaProcessError(f"it did not finish within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise MfaProcessError(f"it exited with status {proc.returncode}; run it by hand to see why")
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if not lines or not valid_code(lines[-1]):
+        raise MfaProcessError("its last line of output is not a 6-digit code")
+    return lines[-1]
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- the watcher --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Hook:
+    failures: int = 0
+    retry_at: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
+class MfaWatcher:
+    """Keeps MFA out of the request path.
+
+    Each tick looks at the MFA sessions of the profiles in use: it announces, once, that
+    one is waiting for a code; warns, once per session, that one is about to expire; and
+    runs the chain's ``mfa_process`` in a worker thread when a code is needed. Ticks do no
+    I/O of their own.
+    """
+
+    def __init__(
+        self,
+        cache: CredentialCache,
+        targets: Callable[[], Iterable[CredentialProvider]],
+        *,
+        settings: Callable[[], Settings],
+        clock: Clock = time.time,
+        interval: float = 1.0,
+        notify: Notifier | None = desktop_notify,
+        hook_timeout: float = HOOK_TIMEOUT,
+    ) -> None:
+        self._cache = cache
+        self._targets = targets
+        self._settings = settings
+        """A getter: refresh_before and request_timeout can change on reload."""
+        self._clock = clock
+        self._interval = interval
+        self._notify = notify
+        self._hook_timeout = hook_timeout
+        self._processes: set[subprocess.Popen[str]] = set()
+        self._waiting: set[str] = set()
+        self._warned: dict[str, float] = {}
+        self._hooks: dict[str, _Hook] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake: asyncio.Event | None = None
+
+    # -- the code hand-off ----------------------------------------------------------------
+
+    async def submit(self, hop: MfaSession, code: str) -> Credentials:
+        """Spend ``code`` on one GetSessionToken; every chain through ``hop`` then works."""
+        if not valid_code(code):
+            raise InvalidMfaCode(f"an MFA code is 6 digits; run: rolebroker mfa {hop.unlock_profile}")
+        wait = self._settings().request_timeout
+        credentials = await self._cache.renew(hop.with_code(code), wait=wait)
+        self._waiting.discard(hop.key)
+        log.info(
+            "MFA session unlocked serial=%s expires=%s",
+            hop.mfa_serial,
+            format_expiration(credentials.expiration) if credentials.expiration else "never",
+        )
+        return credentials
+
+    # -- status ---------------------------------------------------------------------------
+
+    def warn_at(self, entry: CacheEntry) -> float:
+        expiration = entry.credentials.expiration
+        if expiration is None:
+            return float("inf")
+        lifetime = max(expiration - entry.issued_at, 0.0)
+        warn_before = max(self._settings().refresh_before, MFA_WARN_BEFORE)
+        return expiration - min(warn_before, lifetime / 2)
+
+    def state(self, hop: MfaSession, now: float) -> str:
+        entry = self._cache.entry(hop)
+        if entry is None:
+            return "required"
+        return "expiring" if now >= self.warn_at(entry) else "active"
+
+    def status_fields(self, hops: Iterable[CredentialProvider], now: float) -> dict[str, Any]:
+        """The MFA part of a profile's /status row (empty for chains without MFA)."""
+        hop = next((h for h in hops if isinstance(h, MfaSession)), None)
+        if hop is None:
+            return {}
+        entry = self._cache.entry(hop)
+        expiration = entry.credentials.expiration if entry else None
+        hook = self._hooks.get(hop.key)
+        return {
+            "mfa_serial": hop.mfa_serial,
+            "mfa_state": self.state(hop, now),
+            "mfa_expires_at": format_expiration(expiration) if expiration else None,
+            "mfa_expires_in_seconds": int(expiration - now) if expiration else None,
+            "mfa_process": bool(hop.mfa_process),
+            "mfa_process_running": bool(hook and hook.task and not hook.task.done()),
+        }
+
+    def hook_pending(self, hop: MfaSession) -> bool:
+        """Whether ``mfa_process`` is running or about to run (not backing off after failing)."""
+        if not hop.mfa_process:
+            return False
+        hook = self._hooks.get(hop.key)
+        if hook is None or (hook.task is not None and not hook.task.done()):
+            return True
+        return self._clock() >= hook.retry_at
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A request just met a locked profile: look now rather than at the next tick."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        self._wake = asyncio.Event()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # the watcher must outlive any bug in one profile
+                log.exception("MFA watcher tick failed")
+
+    async def stop(self) -> None:
+        """Kills running hooks too: a hook waiting for a key touch must not hold up shutdown."""
+        for proc in list(self._processes):
+            kill_group(proc)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def tick(self) -> None:
+        now = self._clock()
+        sessions: dict[str, tuple[MfaSession, list[str]]] = {}
+        for top in self._targets():
+            hop = mfa_session_of(top)
+            if hop is not None:
+                sessions.setdefault(hop.key, (hop, []))[1].append(top.profile)
+        for key, (hop, profiles) in sessions.items():
+            entry = self._cache.entry(hop)
+            if entry is None:
+                self._announce_waiting(hop, profiles)
+            else:
+                self._waiting.discard(key)
+                if now < self.warn_at(entry):
+                    continue
+                self._warn_expiring(hop, entry, profiles, now)
+            if hop.mfa_process:
+                self._maybe_run_hook(hop, now)
+
+    def _announce_waiting(self, hop: MfaSession, profiles: list[str]) -> None:
+        if hop.key in self._waiting:
+            return
+        self._waiting.add(hop.key)
+        names = ", ".join(sorted(set(profiles)))
+        if hop.mfa_process:
+            log.info("MFA code needed serial=%s profiles=%s: running its mfa_process", hop.mfa_serial, names)
+            return
+        log.warning(
+            "waiting for an MFA code serial=%s profiles=%s; run: rolebroker mfa %s",
+            hop.mfa_serial,
+            names,
+            profiles[0],
+        )
+        self._send_notification(
+            "rolebroker: MFA code needed", f"profiles {names} are waiting; run: rolebroker mfa {profiles[0]}"
+        )
+
+    def _warn_expiring(self, hop: MfaSession, entry: CacheEntry, profiles: list[str], now: float) -> None:
+        if self._warned.get(hop.key) == entry.issued_at:
+            return
+        self._warned[hop.key] = entry.issued_at
+        expiration = entry.credentials.expiration or now
+        names = ", ".join(sorted(set(profiles)))
+        log.warning(
+            "MFA session serial=%s expires at %s (in %ds); profiles %s then stop renewing; "
+            "run: rolebroker mfa %s",
+            hop.mfa_serial,
+            format_expiration(expiration),
+            expiration - now,
+            names,
+            profiles[0],
+        )
+        if not hop.mfa_process:
+            self._send_notification(
+                "rolebroker: MFA session expiring",
+                f"expires at {format_expiration(expiration)}; run: rolebroker mfa {profiles[0]}",
+            )
+
+    # -- background work ------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _send_notification(self, title: str, body: str) -> None:
+        if self._notify is not None:
+            self._spawn(asyncio.to_thread(self._notify, title, body), "notify")
+
+    def _maybe_run_hook(self, hop: MfaSession, now: float) -> None:
+        hook = self._hooks.setdefault(hop.key, _Hook())
+        if (hook.task is not None and not hook.task.done()) or now < hook.retry_at:
+            return
+        hook.task = self._spawn(self._hook(hop, hook), f"mfa_process {hop.mfa_serial}")
+
+    async def _hook(self, hop: MfaSession, hook: _Hook) -> None:
+        command = hop.mfa_process or ""
+        try:
+            code = await asyncio.to_thread(run_mfa_process, command, self._hook_timeout, self._processes.add)
+        except MfaProcessError as exc:
+            self._hook_failed(hop, hook, f"mfa_process failed: {exc}")
+            return
+        finally:
+            self._processes.difference_update([p for p in list(self._processes) if p.poll() is not None])
+        try:
+            await self.submit(hop, code)
+        except BrokerError as exc:
+            self._hook_failed(hop, hook, f"the code from mfa_process did not work: {exc.code}")
+            return
+        hook.failures, hook.retry_at = 0, 0.0
+
+    def _hook_failed(self, hop: MfaSession, hook: _Hook, why: str) -> None:
+        hook.failures += 1
+        pause = min(300.0, 15.0 * 2 ** (hook.failures - 1))
+        hook.retry_at = self._clock() + pause
+        log.warning(
+            "%s serial=%s retry_in=%ds; or run: rolebroker mfa %s",
+            why,
+            hop.mfa_serial,
+            pause,
+            hop.unlock_profile,
+        )
+        if hook.failures == 1:
+            self._send_notification(
+                "rolebroker: mfa_process failed", f"run: rolebroker mfa {hop.unlock_profile}"
+            )
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@click.command("mfa")
+@click.argument("profile")
+@click.argument("code", required=False)
+@click.option("--port", type=int, help="The daemon's port [default: 9911; env ROLEBROKER_PORT]")
+def mfa_command(profile: str, code: str | None, port: int | None) -> None:
+    """Hand an MFA code to the running daemon.
+
+    One code unlocks every profile that uses the same MFA device and source keys, for the
+    life of the MFA session (12 h unless mfa_session_duration says otherwise). Without
+    CODE it is asked for on a terminal, or read as one line from stdin.
+    """
+    from rolebroker.client import ClientError, DaemonClient
+    from rolebroker.config import SettingsError, load_settings
+
+    try:
+        settings = load_settings({"port": port})
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if code is None:
+        if sys.stdin.isatty():
+            code = str(click.prompt(f"MFA code for {profile}", prompt_suffix=": "))
+        else:
+            code = sys.stdin.readline()
+    code = code.strip()
+    if not valid_code(code):
+        raise click.UsageError("an MFA code is 6 digits")
+    client = DaemonClient(settings)
+    path = "/mfa/" + urllib.parse.quote(profile, safe="")
+    try:
+        token = client.token()
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    status, body = _post_json(
+        settings.port, path, token, {"code": code}, timeout=settings.request_timeout + 30
+    )
+    if status != 200:
+        message = body.get("message") or f"the daemon answered HTTP {status}; see its log"
+        raise click.ClickException(f"{message} ({body.get('code') or 'HttpError'})")
+    profiles = ", ".join(body.get("profiles") or [profile])
+    click.echo(
+        f"MFA session for {body.get('mfa_serial')} active until {body.get('expires_at')}; "
+        f"unlocked: {profiles}"
+    )
+
+
+def _post_json(
+    port: int, path: str, token: str, payload: dict[str, str], *, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """POST with a JSON body, which DaemonClient.request does not send (yet). Plain
+    http.client on 127.0.0.1, like DaemonClient: no proxy applies."""
+    from rolebroker.client import CLIENT_HOST
+
+    headers = {"Host": f"{CLIENT_HOST}:{port}", "Authorization": token, "Content-Type": "application/json"}
+    connection = http.client.HTTPConnection(CLIENT_HOST, port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=json.dumps(payload), headers=headers)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise click.ClickException(
+            f"cannot talk to rolebroker on {CLIENT_HOST}:{port} ({type(exc).__name__}); is it running? "
+            "(run: rolebroker serve, or systemctl --user start rolebroker)"
+        ) from None
+    finally:
+        connection.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    return status, body if isinstance(body, dict) else {}

@@ -1,0 +1,46 @@
+"""The rolebroker CLI as a real process, and a ``rolebroker`` on PATH for shell lines."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests.support.daemon import Daemon
+
+
+def cli_env(daemon: Daemon, **extra: str) -> dict[str, str]:
+    """What a user's shell has: the isolated home, and the daemon's port in ROLEBROKER_PORT."""
+    return {**daemon.home.env(), "ROLEBROKER_PORT": str(daemon.port), **extra}
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rolebroker", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def rolebroker_on_path(directory: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """A ``rolebroker`` executable in ``directory`` (this Python, this source tree), and
+    ``env`` with it first on PATH, so tests can run the exact lines users are told to run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "rolebroker"
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m rolebroker "$@"\n')
+    shim.chmod(0o755)
+    return {**env, "PATH": f"{directory}{os.pathsep}{env.get('PATH', os.defpath)}"}
+
+
+def no_secret(daemon: Daemon, *texts: str) -> list[str]:
+    """Masked names of the daemon's secrets found in ``texts`` (empty when clean)."""
+    return daemon.leaked("\n".join(texts))
