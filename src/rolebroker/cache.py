@@ -136,15 +136,7 @@ class CredentialCache:
             if last_error is not None and failed_at is not None and now - failed_at < self._retry_pause:
                 raise _copy_error(last_error)  # a burst of retries must not hammer a failing STS
             flight = self._start(provider)
-        try:
-            return await asyncio.wait_for(asyncio.shield(flight), wait)
-        except BrokerError as exc:
-            raise _copy_error(exc) from None
-        except TimeoutError:
-            raise StsTimeout(
-                f"STS has not answered yet for {provider.label}; the call goes on in the background, "
-                "retry in a few seconds"
-            ) from None
+        return await self._join(flight, provider, wait, then="retry in a few seconds")
 
     def refresh_due(self, provider: CredentialProvider) -> bool:
         """For the refresher: start a background refresh if this hop needs one now."""
@@ -167,14 +159,24 @@ class CredentialCache:
         if flight is not None:
             await asyncio.wait([flight], timeout=wait)
         flight = self._start(provider)
+        return await self._join(flight, provider, wait, then="check rolebroker status in a few seconds")
+
+    async def _join(
+        self,
+        flight: asyncio.Task[Credentials],
+        provider: CredentialProvider,
+        wait: float | None,
+        *,
+        then: str,
+    ) -> Credentials:
+        """Wait for a flight without owning it: a timeout or a cancelled request leaves it running."""
         try:
             return await asyncio.wait_for(asyncio.shield(flight), wait)
         except BrokerError as exc:
             raise _copy_error(exc) from None
         except TimeoutError:
             raise StsTimeout(
-                f"STS has not answered yet for {provider.label}; the call goes on in the background, "
-                "check rolebroker status in a few seconds"
+                f"STS has not answered yet for {provider.label}; the call goes on in the background, {then}"
             ) from None
 
     def _source_backing_off(self, provider: CredentialProvider, now: float) -> bool:

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from rolebroker.credentials import Credentials
+from rolebroker.errors import BrokerError
 
 
 class CredentialProvider(ABC):
@@ -33,6 +34,15 @@ class CredentialProvider(ABC):
     @abstractmethod
     def fetch(self, source: Credentials | None) -> Credentials:
         """Blocking: runs in a worker thread. Raises BrokerError subclasses."""
+
+    def chained_key(self, own: str) -> str:
+        """A hop's key includes its source's, so changing a root re-keys the whole chain."""
+        return f"{own}|from=({self.source.key if self.source else '-'})"
+
+    def require_source(self, source: Credentials | None) -> Credentials:
+        if source is None:
+            raise BrokerError(f"no source credentials for {self.label}")
+        return source
 
 
 def chain_of(provider: CredentialProvider) -> list[CredentialProvider]:

@@ -52,8 +52,7 @@ class MfaSession(CredentialProvider):
 
     @property
     def key(self) -> str:
-        source_key = self.source.key if self.source else "-"
-        return f"mfa:{self.mfa_serial}|duration={self.duration_seconds}|from=({source_key})"
+        return self.chained_key(f"mfa:{self.mfa_serial}|duration={self.duration_seconds}")
 
     @property
     def label(self) -> str:
@@ -63,8 +62,7 @@ class MfaSession(CredentialProvider):
         return dataclasses.replace(self, code=code)
 
     def fetch(self, source: Credentials | None) -> Credentials:
-        if source is None:
-            raise BrokerError(f"no source credentials for {self.label}")
+        source = self.require_source(source)
         if source.is_temporary:
             raise ProfileConfigError(
                 f"mfa_serial needs the long-term keys of an IAM user, but profile {self.profile!r} "

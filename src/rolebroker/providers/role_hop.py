@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials, account_from_arn
-from rolebroker.errors import BrokerError
 from rolebroker.providers.base import CredentialProvider
 from rolebroker.providers.sts import StsClients, translate_sts_error
 
@@ -28,10 +27,9 @@ class RoleHop(CredentialProvider):
 
     @property
     def key(self) -> str:
-        source_key = self.source.key if self.source else "-"
-        return (
+        return self.chained_key(
             f"role:{self.role_arn}|session={self.session_name}|external_id={self.external_id or ''}"
-            f"|duration={self.duration_seconds or ''}|profile={self.profile}|from=({source_key})"
+            f"|duration={self.duration_seconds or ''}|profile={self.profile}"
         )
 
     @property
@@ -39,8 +37,7 @@ class RoleHop(CredentialProvider):
         return f"role {self.role_arn} of profile {self.profile}"
 
     def fetch(self, source: Credentials | None) -> Credentials:
-        if source is None:
-            raise BrokerError(f"no source credentials for {self.label}")
+        source = self.require_source(source)
         params: dict[str, object] = {"RoleArn": self.role_arn, "RoleSessionName": self.session_name}
         if self.external_id:
             params["ExternalId"] = self.external_id

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials
-from rolebroker.errors import BrokerError
 from rolebroker.providers.base import CredentialProvider
 from rolebroker.providers.sts import StsClients, translate_sts_error
 
@@ -27,16 +26,14 @@ class SessionTokenHop(CredentialProvider):
 
     @property
     def key(self) -> str:
-        source_key = self.source.key if self.source else "-"
-        return f"session:{self.profile}|duration={self.duration_seconds or ''}|from=({source_key})"
+        return self.chained_key(f"session:{self.profile}|duration={self.duration_seconds or ''}")
 
     @property
     def label(self) -> str:
         return f"session of profile {self.profile}"
 
     def fetch(self, source: Credentials | None) -> Credentials:
-        if source is None:
-            raise BrokerError(f"no source credentials for {self.label}")
+        source = self.require_source(source)
         if source.is_temporary:
             if source.expiration is not None:
                 return source
