@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rolebroker.broker import apply_settings
-from rolebroker.config import Settings
+from rolebroker.config import Settings, apply_settings
 from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import CHAIN_CONFIG, Daemon

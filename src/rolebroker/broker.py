@@ -12,7 +12,7 @@ from typing import Any
 
 from rolebroker import __version__
 from rolebroker.cache import Clock, CredentialCache
-from rolebroker.config import Settings, SettingsError, load_settings
+from rolebroker.config import LIVE_SETTINGS, Settings, SettingsError, apply_settings, load_settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, ConfigFileError, MfaNotConfigured, MfaRequired, ProfileNotFound
 from rolebroker.mfa import MfaWatcher, mfa_session_of
@@ -307,23 +307,6 @@ class Broker:
             "sts_calls": sum(s.fetches for s in map(self.cache.stats, hops) if s.calls_sts),
             **mfa,
         }
-
-
-LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level")
-RESTART_SETTINGS = ("host", "port", "token_file")
-
-
-def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tuple[Settings, list[str]]:
-    """The settings after a re-read, and the names of changes that need a restart. A setting
-    that differs from ``baseline`` came from a flag to ``serve``: the file cannot override it."""
-
-    def changed(name: str) -> bool:
-        ours = getattr(current, name)
-        return bool(ours == getattr(baseline, name) and getattr(fresh, name) != ours)
-
-    live = {name: getattr(fresh, name) for name in LIVE_SETTINGS if changed(name)}
-    restart = [name for name in RESTART_SETTINGS if changed(name)]
-    return dataclasses.replace(current, **live, config_file=fresh.config_file), restart
 
 
 def _stamp(epoch: float | None) -> str | None:

@@ -10,6 +10,7 @@ import http.client
 import json
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,9 +143,22 @@ class DaemonClient:
     def reload(self) -> dict[str, Any]:
         return self.checked("POST", "/reload").json_object() or {}
 
-    def checked(self, method: str, path: str, *, timeout: float = QUICK_TIMEOUT) -> Reply:
+    def submit_mfa(self, profile: str, code: str) -> dict[str, Any]:
+        """Hand a code over; the daemon calls GetSessionToken once, so allow for a slow STS."""
+        path = "/mfa/" + urllib.parse.quote(profile, safe="")
+        timeout = self.settings.request_timeout + 30
+        return self.checked("POST", path, json_body={"code": code}, timeout=timeout).json_object() or {}
+
+    def checked(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        timeout: float = QUICK_TIMEOUT,
+    ) -> Reply:
         """A request that must succeed: an error reply becomes DaemonError."""
-        reply = self.request(method, path, timeout=timeout)
+        reply = self.request(method, path, json_body=json_body, timeout=timeout)
         if reply.status == 200:
             return reply
         error = error_of(reply)
@@ -163,14 +177,19 @@ class DaemonClient:
         *,
         authorize: bool = True,
         token: str | None = None,
+        json_body: Mapping[str, Any] | None = None,
         timeout: float = QUICK_TIMEOUT,
     ) -> Reply:
         headers = {"Host": f"{CLIENT_HOST}:{self.settings.port}"}
         if authorize:
             headers["Authorization"] = token if token is not None else self.token()
+        body = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(json_body)
         connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
         try:
-            connection.request(method, path, headers=headers)
+            connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             return Reply(response.status, response.read().decode("utf-8", "replace"))
         except ConnectionRefusedError:

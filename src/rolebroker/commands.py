@@ -25,6 +25,7 @@ from rolebroker import shellenv
 from rolebroker.authtoken import read_token
 from rolebroker.client import ClientError, DaemonClient, DaemonError, TokenUnavailable, start_hint
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
+from rolebroker.mfa import valid_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,6 +269,35 @@ def reload_command(port: int | None, token_file: Path | None) -> None:
     click.echo(f"rolebroker reloaded: {result.get('profiles', '?')} profiles")
 
 
+@click.command("mfa")
+@click.argument("profile")
+@click.argument("code", required=False)
+@daemon_options
+def mfa_command(profile: str, code: str | None, port: int | None, token_file: Path | None) -> None:
+    """Hand an MFA code to the running daemon.
+
+    One code unlocks every profile that uses the same MFA device and source keys, for the
+    life of the MFA session (12 h unless mfa_session_duration says otherwise). Without
+    CODE it is asked for on a terminal, or read as one line from stdin.
+    """
+    settings = settings_for(port, token_file)
+    if code is None:
+        if sys.stdin.isatty():
+            code = str(click.prompt(f"MFA code for {profile}", prompt_suffix=": "))
+        else:
+            code = sys.stdin.readline()
+    code = code.strip()
+    if not valid_code(code):
+        raise click.UsageError("an MFA code is 6 digits")
+    with reported():
+        result = DaemonClient(settings).submit_mfa(profile, code)
+    unlocked = ", ".join(result.get("profiles") or [profile])
+    click.echo(
+        f"MFA session for {result.get('mfa_serial')} active until {result.get('expires_at')}; "
+        f"unlocked: {unlocked}"
+    )
+
+
 @click.command("doctor")
 @click.argument("profile", required=False)
 @daemon_options
@@ -386,6 +416,7 @@ COMMANDS: tuple[click.Command, ...] = (
     creds_command,
     token_command,
     reload_command,
+    mfa_command,
     doctor_command,
     demo_command,
 )

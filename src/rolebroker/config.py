@@ -149,3 +149,22 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return dict(data)
+
+
+# -- reload ----------------------------------------------------------------------------
+
+LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level")
+RESTART_SETTINGS = ("host", "port", "token_file")
+
+
+def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tuple[Settings, list[str]]:
+    """The settings after a re-read, and the names of changes that need a restart. A setting
+    that differs from ``baseline`` came from a flag to ``serve``: the file cannot override it."""
+
+    def changed(name: str) -> bool:
+        ours = getattr(current, name)
+        return bool(ours == getattr(baseline, name) and getattr(fresh, name) != ours)
+
+    live = {name: getattr(fresh, name) for name in LIVE_SETTINGS if changed(name)}
+    restart = [name for name in RESTART_SETTINGS if changed(name)]
+    return replace(current, **live, config_file=fresh.config_file), restart

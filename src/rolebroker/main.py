@@ -17,7 +17,6 @@ import uvicorn
 
 from rolebroker import __version__, systemd
 from rolebroker.config import Settings, SettingsError, is_loopback_host, load_settings
-from rolebroker.mfa import mfa_command
 
 log = logging.getLogger("rolebroker")
 
@@ -187,8 +186,6 @@ async def _announce_ready(server: Any, settings: Settings, activated: bool) -> N
     log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
     systemd.notify(f"READY=1\nSTATUS=serving on {where}")
 
-
-cli.add_command(mfa_command)
 
 from rolebroker.commands import register  # noqa: E402  (the commands need `cli` defined first)
 

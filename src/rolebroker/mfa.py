@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -18,14 +17,10 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import click
 
 from rolebroker.cache import CacheEntry, Clock, CredentialCache
 from rolebroker.config import Settings
@@ -372,78 +367,3 @@ class MfaWatcher:
             self._send_notification(
                 "rolebroker: mfa_process failed", f"run: rolebroker mfa {hop.unlock_profile}"
             )
-
-
-# -- the command line ---------------------------------------------------------------------
-
-
-@click.command("mfa")
-@click.argument("profile")
-@click.argument("code", required=False)
-@click.option("--port", type=int, help="The daemon's port [default: 9911; env ROLEBROKER_PORT]")
-def mfa_command(profile: str, code: str | None, port: int | None) -> None:
-    """Hand an MFA code to the running daemon.
-
-    One code unlocks every profile that uses the same MFA device and source keys, for the
-    life of the MFA session (12 h unless mfa_session_duration says otherwise). Without
-    CODE it is asked for on a terminal, or read as one line from stdin.
-    """
-    from rolebroker.client import ClientError, DaemonClient
-    from rolebroker.config import SettingsError, load_settings
-
-    try:
-        settings = load_settings({"port": port})
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
-    if code is None:
-        if sys.stdin.isatty():
-            code = str(click.prompt(f"MFA code for {profile}", prompt_suffix=": "))
-        else:
-            code = sys.stdin.readline()
-    code = code.strip()
-    if not valid_code(code):
-        raise click.UsageError("an MFA code is 6 digits")
-    client = DaemonClient(settings)
-    path = "/mfa/" + urllib.parse.quote(profile, safe="")
-    try:
-        token = client.token()
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
-    status, body = _post_json(
-        settings.port, path, token, {"code": code}, timeout=settings.request_timeout + 30
-    )
-    if status != 200:
-        message = body.get("message") or f"the daemon answered HTTP {status}; see its log"
-        raise click.ClickException(f"{message} ({body.get('code') or 'HttpError'})")
-    profiles = ", ".join(body.get("profiles") or [profile])
-    click.echo(
-        f"MFA session for {body.get('mfa_serial')} active until {body.get('expires_at')}; "
-        f"unlocked: {profiles}"
-    )
-
-
-def _post_json(
-    port: int, path: str, token: str, payload: dict[str, str], *, timeout: float
-) -> tuple[int, dict[str, Any]]:
-    """POST with a JSON body, which DaemonClient.request does not send (yet). Plain
-    http.client on 127.0.0.1, like DaemonClient: no proxy applies."""
-    from rolebroker.client import CLIENT_HOST
-
-    headers = {"Host": f"{CLIENT_HOST}:{port}", "Authorization": token, "Content-Type": "application/json"}
-    connection = http.client.HTTPConnection(CLIENT_HOST, port, timeout=timeout)
-    try:
-        connection.request("POST", path, body=json.dumps(payload), headers=headers)
-        response = connection.getresponse()
-        status, raw = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise click.ClickException(
-            f"cannot talk to rolebroker on {CLIENT_HOST}:{port} ({type(exc).__name__}); is it running? "
-            "(run: rolebroker serve, or systemctl --user start rolebroker)"
-        ) from None
-    finally:
-        connection.close()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    return status, body if isinstance(body, dict) else {}
