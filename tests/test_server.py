@@ -102,6 +102,7 @@ def test_status_lists_profiles_without_secrets(daemon: Daemon) -> None:
     rows = {row["name"]: row for row in status["profiles"]}
     assert set(rows) == {"default", "base", "dev", "prod", "prod-admin"}
     assert rows["prod-admin"]["state"] == "fresh"
+    assert (rows["prod-admin"]["requests"], rows["prod"]["requests"]) == (1, 0)
     assert rows["prod-admin"]["sts_calls"] == 3
     assert EXPIRATION.match(rows["prod-admin"]["expires_at"])
     assert rows["prod-admin"]["last_refresh"]

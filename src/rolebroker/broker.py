@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -51,6 +52,7 @@ class Broker:
         self._catalog: ProfileCatalog | None = None
         self._catalog_error: BrokerError | None = None
         self._last_used: dict[str, float] = {}
+        self._requests: collections.Counter[str] = collections.Counter()
         self._reload_lock = asyncio.Lock()
         self._refresher_task: asyncio.Task[None] | None = None
         self._mfa_task: asyncio.Task[None] | None = None
@@ -164,6 +166,7 @@ class Broker:
         except (ProfileNotFound, ConfigFileError):
             provider = await self._provider_after_reload(profile)
         self._last_used[profile] = self._clock()
+        self._requests[profile] += 1
         wait = self.settings.request_timeout
         try:
             return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
@@ -263,7 +266,12 @@ class Broker:
 
     def _profile_status(self, name: str, now: float) -> dict[str, Any]:
         used = self._last_used.get(name)
-        row: dict[str, Any] = {"name": name, "last_used": _stamp(used), "kept_warm": used is not None}
+        row: dict[str, Any] = {
+            "name": name,
+            "requests": self._requests[name],
+            "last_used": _stamp(used),
+            "kept_warm": used is not None,
+        }
         try:
             provider = self.provider(name)
         except BrokerError as exc:
