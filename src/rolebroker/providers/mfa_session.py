@@ -15,7 +15,7 @@ import botocore.exceptions
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, MfaCodeRejected, MfaRequired, ProfileConfigError
 from rolebroker.providers.base import CredentialProvider
-from rolebroker.providers.sts import StsClients, translate_sts_error
+from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 DEFAULT_MFA_SESSION_SECONDS = 12 * 3600
 MIN_MFA_SESSION_SECONDS = 900
@@ -82,13 +82,7 @@ class MfaSession(CredentialProvider):
             )
         except Exception as exc:
             raise self._translate(exc) from None
-        issued = response["Credentials"]
-        return Credentials(
-            access_key_id=issued["AccessKeyId"],
-            secret_access_key=issued["SecretAccessKey"],
-            session_token=issued["SessionToken"],
-            expiration=issued["Expiration"].timestamp(),
-        )
+        return issued_credentials(response)
 
     def _translate(self, exc: Exception) -> BrokerError:
         unlock = f"run: rolebroker mfa {self.unlock_profile or self.profile}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials, account_from_arn
 from rolebroker.providers.base import CredentialProvider
-from rolebroker.providers.sts import StsClients, translate_sts_error
+from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 log = logging.getLogger("rolebroker")
 
@@ -59,13 +59,6 @@ class RoleHop(CredentialProvider):
             raise translate_sts_error(
                 exc, action="AssumeRole", profile=self.profile, target=self.role_arn
             ) from None
-        issued = response["Credentials"]
         assumed_arn = response.get("AssumedRoleUser", {}).get("Arn")
-        return Credentials(
-            access_key_id=issued["AccessKeyId"],
-            secret_access_key=issued["SecretAccessKey"],
-            session_token=issued["SessionToken"],
-            expiration=issued["Expiration"].timestamp(),
-            account_id=account_from_arn(assumed_arn) or account_from_arn(self.role_arn),
-            role_arn=self.role_arn,
-        )
+        account_id = account_from_arn(assumed_arn) or account_from_arn(self.role_arn)
+        return issued_credentials(response, account_id=account_id, role_arn=self.role_arn)

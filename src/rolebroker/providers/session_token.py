@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials
 from rolebroker.providers.base import CredentialProvider
-from rolebroker.providers.sts import StsClients, translate_sts_error
+from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 UNKNOWN_EXPIRY_SECONDS = 3600
 """Session credentials without a known expiry (a profile with aws_session_token) are
@@ -55,10 +55,4 @@ class SessionTokenHop(CredentialProvider):
             raise translate_sts_error(
                 exc, action="GetSessionToken", profile=self.profile, target="long-term keys"
             ) from None
-        issued = response["Credentials"]
-        return Credentials(
-            access_key_id=issued["AccessKeyId"],
-            secret_access_key=issued["SecretAccessKey"],
-            session_token=issued["SessionToken"],
-            expiration=issued["Expiration"].timestamp(),
-        )
+        return issued_credentials(response)

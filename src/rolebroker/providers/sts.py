@@ -61,6 +61,21 @@ class StsClients:
                 ) from None
 
 
+def issued_credentials(
+    response: Any, *, account_id: str | None = None, role_arn: str | None = None
+) -> Credentials:
+    """The ``Credentials`` block of an AssumeRole or GetSessionToken response."""
+    issued = response["Credentials"]
+    return Credentials(
+        access_key_id=issued["AccessKeyId"],
+        secret_access_key=issued["SecretAccessKey"],
+        session_token=issued["SessionToken"],
+        expiration=issued["Expiration"].timestamp(),
+        account_id=account_id,
+        role_arn=role_arn,
+    )
+
+
 def translate_sts_error(exc: Exception, *, action: str, profile: str, target: str) -> BrokerError:
     """Map what STS or the network said to a code, a status and the next step."""
     where = f"{action} for profile {profile!r} ({target})"
