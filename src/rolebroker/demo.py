@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -167,6 +168,17 @@ def _announce_when_ready(settings: Settings, sts_url: str, config: Path) -> None
     threading.Thread(target=wait_then_print, name="demo-banner", daemon=True).start()
 
 
+def self_command() -> str:
+    """How another terminal runs this rolebroker: ``make demo`` runs .venv/bin/rolebroker,
+    which is not on that terminal's PATH, so the printed lines name it in full."""
+    if shutil.which("rolebroker"):
+        return "rolebroker"
+    running = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if running is not None and running.name == "rolebroker" and running.is_file():
+        return shlex.quote(str(running))
+    return f"{shlex.quote(sys.executable)} -m rolebroker"
+
+
 def banner(settings: Settings, sts_url: str, config: Path) -> str:
     """The lines to try, exact for this port and token file."""
     flags = ""
@@ -177,6 +189,7 @@ def banner(settings: Settings, sts_url: str, config: Path) -> str:
         token_flag = f" --token-file {shlex.quote(str(settings.token_file))}"
     flags += token_flag
     url = f"http://127.0.0.1:{settings.port}"
+    rb = self_command()
     return "\n".join(
         [
             "",
@@ -188,10 +201,10 @@ def banner(settings: Settings, sts_url: str, config: Path) -> str:
             f"               prod = role in account {PROD_ACCOUNT}, assumed from dev (external_id)",
             "",
             "Try, in another terminal:",
-            f'  curl -s -H "Authorization: $(rolebroker token{token_flag})" {url}/creds/prod',
-            f'  eval "$(rolebroker env prod{flags})"',
+            f'  curl -s -H "Authorization: $({rb} token{token_flag})" {url}/creds/prod',
+            f'  eval "$({rb} env prod{flags})"',
             f"  aws sts get-caller-identity --endpoint-url {sts_url} --region {DEMO_REGION}",
-            f"  rolebroker status{flags}",
+            f"  {rb} status{flags}",
             "",
             "Ctrl-C stops the demo, the local STS, and removes the temporary AWS config.",
             "",
