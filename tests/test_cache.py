@@ -199,3 +199,19 @@ async def test_forget_drops_hops_no_profile_uses(clock: FakeClock) -> None:
     cache.forget({keep.key})
     assert cache.peek(keep) is not None
     assert cache.peek(drop) is None
+
+
+async def test_sessions_shorter_than_refresh_before_are_warned_about_once(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(clock)
+    short = FakeHop("short", clock, lifetime=900)
+    await cache.get(short)
+    clock.now += 451
+    await cache.get(short)
+    assert short.calls == 2
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("short profile=short")]
+    assert len(warnings) == 1
+    assert "raise duration_seconds" in warnings[0]
+    await cache.get(FakeHop("long", clock))
+    assert not any("profile=long" in r.getMessage() and "short" in r.getMessage() for r in caplog.records)

@@ -49,6 +49,7 @@ class HopStats:
     last_error_at: float | None = None
     consecutive_failures: int = 0
     retry_at: float = 0.0
+    warned_short: bool = False
 
 
 def _copy_error(error: BrokerError) -> BrokerError:
@@ -247,7 +248,24 @@ class CredentialCache:
                 credentials.remaining(now),
                 " (recovered)" if recovered else "",
             )
+            self._warn_if_short(provider, stats, credentials.expiration - now)
         return credentials
+
+    def _warn_if_short(self, provider: CredentialProvider, stats: HopStats, lifetime: float) -> None:
+        """botocore re-fetches on every call once fewer than 15 min remain: a session that
+        never lasts more than refresh_before keeps every boto3 client on the slow path."""
+        if stats.warned_short or lifetime > self.timing.refresh_before or not provider.calls_sts:
+            return
+        stats.warned_short = True
+        log.warning(
+            "short profile=%s %s: sessions last %ds, not more than refresh_before=%ds, so they are "
+            "renewed at half life and SDKs re-fetch often; raise duration_seconds (e.g. 3600) if the "
+            "role allows it",
+            provider.profile,
+            _what(provider),
+            lifetime,
+            self.timing.refresh_before,
+        )
 
     def _failed(self, provider: CredentialProvider, stats: HopStats, error: BrokerError) -> None:
         now = self._clock()
