@@ -33,11 +33,18 @@ class Broker:
         settings: Settings,
         *,
         load_catalog: CatalogLoader = ProfileCatalog.load,
+        reload_settings: Callable[[], Settings] = load_settings,
         clock: Clock = time.time,
         refresh_interval: float = 1.0,
     ) -> None:
         self.settings = settings
         self._load_catalog = load_catalog
+        # Re-reads env and config.toml on reload, with serve's flags applied by the caller.
+        self._load_settings = reload_settings
+        # The settings as last read: one that differs from them was given as a flag (or by
+        # systemd's socket), and such settings keep winning over the file.
+        self._settings_baseline: Settings | None = None
+        self._settings_error: str | None = None
         self._clock = clock
         self._started_at = clock()
         self.cache = CredentialCache(RefreshTiming(refresh_before=settings.refresh_before), clock=clock)
@@ -107,17 +114,9 @@ class Broker:
             )
             return True
 
-    settings_loader: Callable[[], Settings] | None = None
-    """Re-reads the settings with ``serve``'s flags applied. None: the environment and
-    config.toml only, and a setting that differed from them at start counts as a flag."""
-    _settings_baseline: Settings | None = None
-    """The settings as last read: a setting that differs from them was given as a flag
-    (or by systemd's socket), and such settings keep winning over the file."""
-    _settings_error: str | None = None
-
     def _read_settings(self) -> Settings:
         """Blocking (file I/O)."""
-        fresh = (self.settings_loader or load_settings)()
+        fresh = self._load_settings()
         if not isinstance(logging.getLevelName(fresh.log_level.upper()), int):
             raise SettingsError(f"log_level {fresh.log_level!r} is not one of debug, info, warning, error")
         return fresh
@@ -161,10 +160,7 @@ class Broker:
         return self._catalog.provider(profile)
 
     async def credentials(self, profile: str) -> Credentials:
-        try:
-            provider = self.provider(profile)
-        except (ProfileNotFound, ConfigFileError):
-            provider = await self._provider_after_reload(profile)
+        provider = await self._resolve(profile)
         self._last_used[profile] = self._clock()
         self._requests[profile] += 1
         wait = self.settings.request_timeout
@@ -173,22 +169,22 @@ class Broker:
         except MfaRequired:
             raise self._mfa_required(profile, provider) from None
 
-    async def _provider_after_reload(self, profile: str) -> CredentialProvider:
-        """A profile added (or a config fixed) since start works without a reload."""
-        catalog = self._catalog
-        if catalog is None or await asyncio.to_thread(catalog.changed_on_disk):
-            await self.reload(reason=f"request for {profile}", reread_settings=False)
-        return self.provider(profile)
+    async def _resolve(self, profile: str) -> CredentialProvider:
+        """The provider for ``profile``; a profile added (or a config fixed) since start works
+        without a reload: the files are re-read only on a miss, and only if they changed."""
+        try:
+            return self.provider(profile)
+        except (ProfileNotFound, ConfigFileError):
+            catalog = self._catalog
+            if catalog is None or await asyncio.to_thread(catalog.changed_on_disk):
+                await self.reload(reason=f"request for {profile}", reread_settings=False)
+            return self.provider(profile)
 
     # -- MFA ---------------------------------------------------------------------------------
 
     async def submit_mfa(self, profile: str, code: str) -> dict[str, Any]:
         """Spend a code handed in by ``rolebroker mfa`` on the MFA session of ``profile``'s chain."""
-        try:
-            provider = self.provider(profile)
-        except (ProfileNotFound, ConfigFileError):
-            provider = await self._provider_after_reload(profile)
-        hop = mfa_session_of(provider)
+        hop = mfa_session_of(await self._resolve(profile))
         if hop is None:
             raise MfaNotConfigured(
                 f"profile {profile!r} does not use MFA: no profile of its chain sets mfa_serial"
@@ -243,6 +239,12 @@ class Broker:
                 yield from chain_of(catalog.provider(name))
             except BrokerError:
                 continue
+
+    def profile_count(self) -> int:
+        return len(self._catalog.profiles) if self._catalog else 0
+
+    def config_error(self) -> BrokerError | None:
+        return self._catalog_error
 
     # -- status ------------------------------------------------------------------------
 

@@ -49,9 +49,11 @@ def daemon_options(command: F) -> F:
     )(command)
 
 
-def settings_for(port: int | None, token_file: Path | None) -> Settings:
+def settings_for(port: int | None = None, token_file: Path | None = None, **flags: Any) -> Settings:
+    """Settings with these flags over env and config.toml, as ``serve`` reads them; a bad
+    value is a usage error, not a traceback."""
     try:
-        return load_settings({"port": port, "token_file": token_file})
+        return load_settings({"port": port, "token_file": token_file, **flags})
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
 

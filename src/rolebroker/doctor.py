@@ -10,11 +10,10 @@ setting names only, never their values (except profile names, hosts and ports).
 from __future__ import annotations
 
 import calendar
-import ipaddress
 import shlex
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,7 +28,7 @@ from rolebroker.client import (
     creds_path,
     error_of,
 )
-from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.config import DEFAULT_PORT, Settings, is_loopback_host
 from rolebroker.shellenv import (
     CREDENTIALS_FILE,
     EMPTY_FILE,
@@ -239,7 +238,7 @@ def _check_endpoint_variables(ctx: _Context) -> str | None:
     if url.scheme != "http":
         ctx.problem(f"{FULL_URI}={shown} is not http://", "rolebroker speaks plain HTTP on loopback", fixed)
         usable = False
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         ctx.problem(
             f"{FULL_URI}={shown} does not point at this machine",
             "rolebroker only listens on loopback, and SDKs refuse plain HTTP to other hosts",
@@ -285,15 +284,6 @@ def _profile_in_path(path: str) -> str | None:
     if path.startswith("/creds/") and len(path) > len("/creds/") and "/" not in path[len("/creds/") :]:
         return urllib.parse.unquote(path[len("/creds/") :])
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_tokens(ctx: _Context, served: str | None) -> None:
@@ -400,7 +390,7 @@ def _check_profiles(ctx: _Context, served: str | None) -> None:
             "",
             ctx.env_fix(ctx.profile),
         )
-    for name in _unique(p for p in (served, ctx.profile) if p is not None):
+    for name in dict.fromkeys(p for p in (served, ctx.profile) if p is not None):
         _check_profile(ctx, name)
 
 
@@ -451,14 +441,6 @@ def _get(ctx: _Context, path: str, token: str, *, timeout: float = 10.0) -> Repl
         ctx.problem(exc.summary, "the daemon stopped answering during the checks", exc.hint)
         ctx.reachable = False
         return None
-
-
-def _unique(items: Iterator[str]) -> list[str]:
-    seen: list[str] = []
-    for item in items:
-        if item not in seen:
-            seen.append(item)
-    return seen
 
 
 # -- output ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import click
 import uvicorn
 
 from rolebroker import __version__, systemd
-from rolebroker.config import Settings, SettingsError, is_loopback_host, load_settings
+from rolebroker.config import Settings, is_loopback_host, load_settings
 
 log = logging.getLogger("rolebroker")
 
@@ -26,13 +26,6 @@ _SELF_REFERENCES = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
-
-
-def settings_from(**overrides: Any) -> Settings:
-    try:
-        return load_settings(overrides)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,6 +59,7 @@ def serve(
     log_level: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd and launchd run it this way)."""
+    from rolebroker.commands import settings_for
     from rolebroker.logs import configure_logging
 
     flags = {
@@ -75,7 +69,7 @@ def serve(
         "token_file": token_file,
         "log_level": log_level,
     }
-    settings = settings_from(**flags)
+    settings = settings_for(port, token_file, host=host, refresh_before=refresh_before, log_level=log_level)
     configure_logging(settings.log_level)
     run_daemon(settings, reload_settings=lambda: load_settings(flags))
 
@@ -107,8 +101,7 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
         # Socket activation decides where we listen; /status and the logs should say so.
         host, port = systemd.socket_address(sockets[0])
         settings = replace(settings, host=host, port=port)
-    broker = Broker(settings)
-    broker.settings_loader = reload_settings
+    broker = Broker(settings, reload_settings=reload_settings or load_settings)
     reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
     def on_sighup() -> None:

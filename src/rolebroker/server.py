@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rolebroker.authtoken import token_matches
 from rolebroker.broker import Broker
-from rolebroker.errors import BrokerError
+from rolebroker.errors import BrokerError, ConfigFileError
 from rolebroker.mfa import code_from_body
 
 log = logging.getLogger("rolebroker")
@@ -143,12 +143,10 @@ def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | N
 
     @app.post("/reload")
     async def reload() -> Response:
-        ok = await broker.reload(reason="POST /reload")
-        if not ok:
-            status = broker.status()
-            error = status["config_error"] or {"code": "ConfigFileError", "message": "reload failed"}
-            return JSONResponse(error, status_code=400)
-        return JSONResponse({"reloaded": True, "profiles": len(broker.status()["profiles"])})
+        if not await broker.reload(reason="POST /reload"):
+            error = broker.config_error() or ConfigFileError("reload failed; see the daemon log")
+            return JSONResponse(error.to_json(), status_code=error.status)
+        return JSONResponse({"reloaded": True, "profiles": broker.profile_count()})
 
     @app.post("/mfa/{profile}")
     async def mfa(profile: str, request: Request) -> Response:
