@@ -1,22 +1,25 @@
-"""The wheel a user installs (`python -m build` then `pipx install dist/rolebroker-*.whl`):
-it builds offline from a copy of this checkout, holds the whole package and nothing else,
-installs into a fresh virtualenv, and its ``rolebroker`` command runs and completes in
-bash, zsh and fish."""
+"""What a user installs and copies: the wheel (`pipx run build --wheel` then `pipx install
+dist/rolebroker-*.whl`) builds offline from a copy of this checkout, holds the whole package
+and nothing else, installs into a fresh virtualenv, and its ``rolebroker`` command runs and
+completes in bash, zsh and fish; docs/config.example.toml names every setting with its
+default, as the real settings loader reads it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pytest
 
 import rolebroker
+from rolebroker.config import Settings, load_settings
 from tests.support.ci import skip_or_fail
 from tests.support.daemon import REPO
 
@@ -161,3 +164,27 @@ def test_fish_completion_as_documented(installed: Installed) -> None:
     result = installed.run(_shell("fish"), "--no-config", "-c", script, XDG_CONFIG_HOME=str(installed.home))
     assert result.returncode == 0, result.stderr
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["reload"], result.stdout
+
+
+CONFIG_EXAMPLE = REPO / "docs" / "config.example.toml"
+# Not file settings: the default profile comes from AWS_PROFILE, config_file is where the file is.
+NOT_IN_THE_FILE = {"default_profile", "config_file"}
+
+
+def test_config_example_names_every_setting_with_its_default(tmp_path: Path) -> None:
+    text = CONFIG_EXAMPLE.read_text()
+    commented = re.findall(r"^# (\w+) = ", text, flags=re.MULTILINE)
+    settings = {f.name for f in fields(Settings)} - NOT_IN_THE_FILE
+    assert sorted(commented) == sorted(settings), "each setting once, as '# name = default'"
+
+    # As shipped everything is commented out; uncommented, it must change nothing. With no
+    # XDG_RUNTIME_DIR (an empty environment) the token file's default is the one it shows.
+    environ: dict[str, str] = {}
+    as_shipped, uncommented = tmp_path / "shipped.toml", tmp_path / "uncommented.toml"
+    as_shipped.write_text(text)
+    uncommented.write_text(re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE))
+    defaults = load_settings(environ={**environ, "ROLEBROKER_CONFIG": str(tmp_path / "none.toml")})
+    for path in (as_shipped, uncommented):
+        loaded = load_settings(environ={**environ, "ROLEBROKER_CONFIG": str(path)})
+        assert loaded.config_file == path
+        assert replace(loaded, config_file=None) == defaults
