@@ -1,18 +1,30 @@
-# rolebroker: `make test` on a fresh machine installs everything it needs, then runs the suite.
-# `make demo` runs the broker against an embedded local STS (no AWS account needed).
+# rolebroker: `make demo` installs only what the demo needs (rolebroker and moto), then runs it.
+# `make test` on a fresh machine installs everything the suite needs, then runs it.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo install lint bench clean
 
-$(STAMP): pyproject.toml
+# bin/pip, not bin/python: a venv whose creation failed (Debian without python3-venv) has
+# bin/python but no pip, and must be created again on the next run.
+$(BIN)/pip:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and f"rolebroker needs Python 3.11 or newer; $(PYTHON) is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/pip
+	@echo "make: installing rolebroker with its test tools (pytest, mypy, ruff, pinned SDK clients) into $(VENV)"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,demo]'
-	touch $(STAMP)
+	touch $(DEMO_STAMP) $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/pip
+	@echo "make demo: installing rolebroker and moto (the local STS the demo runs on) into $(VENV), once"
+	$(BIN)/pip install --progress-bar off -e '.[demo]'
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -22,7 +34,8 @@ test: $(STAMP)
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)
+# ROLEBROKER_PORT=9922 make demo picks another port.
+demo: $(DEMO_STAMP)
 	$(BIN)/rolebroker demo
 
 lint: $(STAMP)

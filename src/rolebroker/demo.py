@@ -2,7 +2,8 @@
 try the whole flow without an AWS account and without touching ~/.aws.
 
 moto runs in this process on a thread: it stops when the demo stops, however it stops.
-The AWS config lives in a private temporary directory that is removed on exit.
+The AWS config, the credentials and the daemon's token live in a private temporary
+directory that is removed on exit: the demo writes nothing under your home directory.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 import click
 
-from rolebroker.config import DEFAULT_PORT, Settings, default_token_file
+from rolebroker.config import DEFAULT_PORT, Settings
 from rolebroker.shellenv import KEY_VARS, PROFILE_VARS, RELATIVE_URI, WEB_IDENTITY_VARS
 
 DEV_ACCOUNT = "111111111111"
@@ -68,7 +70,9 @@ def run(settings: Settings) -> None:
         from moto.server import ThreadedMotoServer
     except ImportError:
         raise click.ClickException(
-            "the demo needs moto, which is not installed: pip install 'rolebroker[demo]'"
+            "the demo needs moto (its local STS), which is not installed here. In a rolebroker "
+            "checkout: make demo (or: pipx install --force '.[demo]'). Installed with pipx: "
+            "pipx inject rolebroker 'moto[server]'; in a virtualenv: pip install 'moto[server]'"
         ) from None
     from rolebroker.logs import configure_logging
     from rolebroker.main import run_daemon
@@ -80,6 +84,8 @@ def run(settings: Settings) -> None:
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
         try:
+            # The demo's token is as throw-away as its profiles: never the real token file.
+            settings = replace(settings, token_file=workdir / "token")
             sts_url = f"http://127.0.0.1:{moto.get_host_and_port()[1]}"
             config = _write(workdir / "config", DEMO_CONFIG)
             credentials = _write(workdir / "credentials", DEMO_CREDENTIALS)
@@ -90,7 +96,7 @@ def run(settings: Settings) -> None:
             pass
         finally:
             moto.stop()
-    click.echo("rolebroker demo stopped; the local STS and the temporary AWS config are gone.")
+    click.echo("rolebroker demo stopped; the local STS, the temporary AWS config and token are gone.")
 
 
 def _require_free_port(port: int) -> None:
@@ -100,9 +106,11 @@ def _require_free_port(port: int) -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
+            rb = self_command()
             raise click.ClickException(
-                f"port {port} is in use (a running rolebroker? see: rolebroker status --port {port}); "
-                f"pick another: rolebroker demo --port {port + 1}"
+                f"port {port} is in use (a running rolebroker? see: {rb} status --port {port}); "
+                f"pick another: ROLEBROKER_PORT={port + 1} make demo (in a checkout), "
+                f"or: {rb} demo --port {port + 1}"
             ) from None
 
 
@@ -179,34 +187,46 @@ def self_command() -> str:
     return f"{shlex.quote(sys.executable)} -m rolebroker"
 
 
+def whoami_command(sts_url: str) -> str:
+    """A caller-identity check that needs only what the demo itself runs on: boto3 comes
+    with rolebroker, the aws CLI may not be installed."""
+    code = (
+        f'import boto3; print(boto3.client("sts", region_name="{DEMO_REGION}", '
+        f'endpoint_url="{sts_url}").get_caller_identity()["Arn"])'
+    )
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
 def banner(settings: Settings, sts_url: str, config: Path) -> str:
-    """The lines to try, exact for this port and token file."""
-    flags = ""
-    if settings.port != DEFAULT_PORT:
-        flags += f" --port {settings.port}"
-    token_flag = ""
-    if settings.token_file != default_token_file(os.environ):
-        token_flag = f" --token-file {shlex.quote(str(settings.token_file))}"
-    flags += token_flag
+    """The lines to try, exact for this port and this demo's token file, runnable as printed
+    in another terminal whose PATH and environment know nothing of the demo."""
+    token_flag = f" --token-file {shlex.quote(str(settings.token_file))}"
+    flags = (f" --port {settings.port}" if settings.port != DEFAULT_PORT else "") + token_flag
     url = f"http://127.0.0.1:{settings.port}"
     rb = self_command()
-    return "\n".join(
-        [
-            "",
-            "rolebroker demo: the real daemon on a local STS (moto). Nothing touches your ~/.aws or AWS.",
-            f"  rolebroker   {url}   token file {settings.token_file}",
-            f"  local STS    {sts_url}",
-            f"  AWS config   {config}",
-            f"               dev  = role in account {DEV_ACCOUNT}",
-            f"               prod = role in account {PROD_ACCOUNT}, assumed from dev (external_id)",
-            "",
-            "Try, in another terminal:",
-            f'  curl -s -H "Authorization: $({rb} token{token_flag})" {url}/creds/prod',
-            f'  eval "$({rb} env prod{flags})"',
-            f"  aws sts get-caller-identity --endpoint-url {sts_url} --region {DEMO_REGION}",
-            f"  {rb} status{flags}",
-            "",
-            "Ctrl-C stops the demo, the local STS, and removes the temporary AWS config.",
-            "",
-        ]
-    )
+    whoami = whoami_command(sts_url)
+    lines = [
+        "",
+        "rolebroker demo: the real daemon on a local STS (moto). Nothing touches your ~/.aws or AWS.",
+        f"  rolebroker   {url}",
+        f"  token file   {settings.token_file}",
+        f"  local STS    {sts_url}",
+        f"  AWS config   {config}",
+        f"               dev  = role in account {DEV_ACCOUNT}",
+        f"               prod = role in account {PROD_ACCOUNT}, assumed from dev (external_id)",
+        "",
+        "Try, in another terminal:",
+        f'  curl -s -H "Authorization: $({rb} token{token_flag})" {url}/creds/prod',
+        f"  {rb} status{flags}",
+        "and point that shell at prod: every SDK and CLI in it now asks rolebroker",
+        f'  eval "$({rb} env prod{flags})"',
+        f"  {whoami}",
+    ]
+    if shutil.which("aws"):
+        lines.append(f"  aws sts get-caller-identity --endpoint-url {sts_url} --region {DEMO_REGION}")
+    lines += [
+        "",
+        "Ctrl-C stops the demo, the local STS, and removes the temporary AWS config and token.",
+        "",
+    ]
+    return "\n".join(lines)
