@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from rolebroker import shellenv
+from rolebroker import export, shellenv
 from rolebroker.authtoken import read_token
 from rolebroker.client import ClientError, DaemonClient, DaemonError, TokenUnavailable, start_hint
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
@@ -120,10 +120,43 @@ def env_command(
     click.echo(planned.render(chosen, footer=footer), nl=False)
 
 
-@click.command(
-    "exec",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-)
+class ExecCommand(click.Command):
+    """``exec PROFILE [OPTIONS] [--] COMMAND...``: rolebroker's options may come before or
+    after the profile, like every other command's. Everything after ``--``, or from the
+    first argument after the profile that is not an option, belongs to COMMAND."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, options_first(self, ctx, args))
+
+
+def options_first(command: click.Command, ctx: click.Context, args: Sequence[str]) -> list[str]:
+    """``args`` reordered as ``OPTIONS PROFILE -- COMMAND...`` for a parser that stops at the
+    first positional argument (so COMMAND's own options are never read as rolebroker's)."""
+    with_value = {
+        name
+        for param in command.get_params(ctx)
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
+    options: list[str] = []
+    profile: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            return [*options, *profile, "--", *rest] if profile else [*options, "--", *rest]
+        if arg.startswith("-") and arg != "-":
+            options.append(arg)
+            if arg in with_value and rest:
+                options.append(rest.pop(0))
+        elif not profile:
+            profile.append(arg)
+        else:
+            return [*options, *profile, "--", arg, *rest]
+    return [*options, *profile]
+
+
+@click.command("exec", cls=ExecCommand, context_settings={"allow_interspersed_args": False})
 @daemon_options
 @click.argument("profile")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -246,6 +279,70 @@ def creds_command(profile: str, port: int | None, token_file: Path | None) -> No
     with reported():
         reply = DaemonClient(settings).credentials(profile)
     click.echo(reply.text)
+
+
+@click.command("credential-process")
+@click.argument("profile")
+@daemon_options
+def credential_process_command(profile: str, port: int | None, token_file: Path | None) -> None:
+    """Print PROFILE's credentials as credential_process JSON, for tools that only read profiles.
+
+    \b
+    [profile prod-rb]
+    credential_process = rolebroker credential-process prod
+
+    Refuses to run when the daemon itself started it (a profile the daemon serves whose
+    credential_process is rolebroker would wait on itself).
+    """
+    click.echo(_issued(profile, port, token_file, "process"), nl=False)
+
+
+@click.command("export")
+@click.argument("profile")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(export.FORMATS),
+    default="env",
+    show_default=True,
+    help="env: POSIX export lines; fish: set -gx; powershell: $Env:; process: credential_process "
+    "JSON; json: the ECS JSON.",
+)
+@daemon_options
+def export_command(profile: str, fmt: str, port: int | None, token_file: Path | None) -> None:
+    """Print PROFILE's current credentials as static values, for scripts that need keys.
+
+    \b
+    eval "$(rolebroker export prod)"                      # bash / zsh
+    rolebroker export prod --format fish | source
+    rolebroker export prod --format powershell | Invoke-Expression
+
+    They are not renewed: prefer `rolebroker env` or `exec`, which keep the SDK asking the
+    daemon. The values expire at AWS_CREDENTIAL_EXPIRATION.
+    """
+    click.echo(_issued(profile, port, token_file, fmt), nl=False)
+
+
+def _issued(profile: str, port: int | None, token_file: Path | None, fmt: str) -> str:
+    """The daemon's credentials for ``profile`` in ``fmt``; errors name the daemon's code."""
+    inside = os.environ.get(export.INSIDE_DAEMON)
+    if inside:
+        raise click.ClickException(
+            f"refusing to get profile {profile!r} from rolebroker: this command was started by the "
+            f"rolebroker daemon itself (pid {inside}), because a profile it serves has a credential_process "
+            "that runs rolebroker, so the daemon would wait on itself. Give the profiles the daemon serves "
+            "a source of their own (keys, SSO, source_profile) and use the rolebroker credential_process "
+            "only in profiles for other tools"
+        )
+    settings = settings_for(port, token_file)
+    with reported():
+        reply = DaemonClient(settings).credentials(profile)
+        body = reply.json_object()
+        try:
+            credentials = export.IssuedCredentials.from_ecs(body or {})
+        except export.BadCredentials as exc:
+            raise DaemonError(502, "BadReply", f"{exc}; is that rolebroker?") from None
+    return export.render(credentials, fmt, ecs_json=reply.text)
 
 
 @click.command("token")
@@ -416,6 +513,8 @@ COMMANDS: tuple[click.Command, ...] = (
     exec_command,
     status_command,
     creds_command,
+    credential_process_command,
+    export_command,
     token_command,
     reload_command,
     mfa_command,

@@ -17,6 +17,7 @@ import uvicorn
 
 from rolebroker import __version__, systemd
 from rolebroker.config import Settings, is_loopback_host, load_settings
+from rolebroker.export import INSIDE_DAEMON
 
 log = logging.getLogger("rolebroker")
 
@@ -76,11 +77,13 @@ def serve(
 
 def harden_environment() -> None:
     """The daemon must never resolve a root profile through itself (FULL_URI inherited
-    from a shell that ran ``rolebroker env``), nor wait on EC2 metadata for a profile
-    that simply has no credentials."""
+    from a shell that ran ``rolebroker env``, or a credential_process running rolebroker),
+    nor wait on EC2 metadata for a profile that simply has no credentials."""
     for name in _SELF_REFERENCES:
         os.environ.pop(name, None)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # A credential_process the daemon runs must not ask the daemon back (export.py).
+    os.environ[INSIDE_DAEMON] = str(os.getpid())
 
 
 def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | None = None) -> None:
