@@ -80,7 +80,9 @@ def reported(error: type[click.ClickException] = click.ClickException) -> Iterat
 @click.option(
     "--export-token-file",
     is_flag=True,
-    help="Also export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (same token; re-read by newer SDKs).",
+    help="Export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE instead of AWS_CONTAINER_AUTHORIZATION_TOKEN "
+    "(unset): re-read on every load by newer SDKs, ignored by the AWS CLI v2 before 2.15, aws-sdk-js v2 "
+    "(Serverless v3) and Java.",
 )
 @click.option(
     "--no-check",
