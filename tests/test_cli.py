@@ -314,3 +314,17 @@ def test_exec_refuses_an_unknown_option_before_the_command(daemon: Daemon) -> No
     result = CliRunner().invoke(cli, ["exec", "prod", "--frob", "--", "true"], env=daemon.home.env())
     assert result.exit_code == 2
     assert "No such option '--frob'" in result.stderr
+
+
+def test_status_shows_why_there_are_no_profiles_when_the_config_is_broken_at_start(
+    start_daemon: StartDaemon, aws_home: AwsHome
+) -> None:
+    aws_home.config_path.write_text("[profile prod\nrole_arn = x\n")
+    daemon = start_daemon()
+    result = run_cli("status", env=cli_env(daemon))
+    assert result.returncode == 0, result.stderr
+    assert "No profiles in the AWS config" not in result.stdout
+    assert "No profiles: the daemon could not read the AWS config (ConfigFileError: cannot parse" in (
+        result.stdout
+    )
+    assert str(aws_home.config_path) in result.stdout

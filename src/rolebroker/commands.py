@@ -450,10 +450,13 @@ def format_status(status: dict[str, Any], now: float) -> str:
     if files:
         lines.append("AWS config: " + ", ".join(map(str, files)))
     config_error = status.get("config_error")
-    if isinstance(config_error, dict):
-        lines.append(f"AWS config error: {config_error.get('code')}: {config_error.get('message')}")
+    if isinstance(config_error, dict) and profiles_in(status):
+        lines.append(
+            f"AWS config error: {config_error.get('code')}: {config_error.get('message')} "
+            "(serving the last good version)"
+        )
     lines.append("")
-    profiles = [p for p in status.get("profiles") or [] if isinstance(p, dict)]
+    profiles = profiles_in(status)
     header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
     rows = [header]
     details: list[str] = []
@@ -473,7 +476,12 @@ def format_status(status: dict[str, Any], now: float) -> str:
                 error_cell,
             )
         )
-    if not profiles:
+    if not profiles and isinstance(config_error, dict):
+        lines.append(
+            "No profiles: the daemon could not read the AWS config "
+            f"({config_error.get('code')}: {config_error.get('message')}); fix it, then: rolebroker reload"
+        )
+    elif not profiles:
         lines.append("No profiles in the AWS config.")
     else:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -483,6 +491,10 @@ def format_status(status: dict[str, Any], now: float) -> str:
     if details:
         lines += ["", *details]
     return "\n".join(lines) + "\n"
+
+
+def profiles_in(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in status.get("profiles") or [] if isinstance(p, dict)]
 
 
 def _duration(seconds: Any) -> str:
