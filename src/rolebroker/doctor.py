@@ -474,7 +474,10 @@ def _fix_for(ctx: _Context, profile: str, code: str) -> str:
         known = ", ".join(ctx.known_profiles[:20]) or "none"
         return f"use an existing profile ({known}) or add [profile {profile}] to the AWS config"
     if code in _CONFIG_CODES:
-        return f"fix profile {profile!r} in the AWS config ({files}) as the message says, then: rolebroker reload"
+        return (
+            f"fix profile {profile!r} in the AWS config ({files}) as the message says, "
+            "then: rolebroker reload"
+        )
     return "do what the message above says; then: rolebroker status"
 
 
