@@ -15,7 +15,7 @@ from typing import Any
 import click
 import uvicorn
 
-from rolebroker import __version__, systemd
+from rolebroker import __version__, systemd, warmset
 from rolebroker.config import Settings, is_loopback_host, load_settings
 from rolebroker.export import INSIDE_DAEMON
 
@@ -104,7 +104,11 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
         # Socket activation decides where we listen; /status and the logs should say so.
         host, port = systemd.socket_address(sockets[0])
         settings = replace(settings, host=host, port=port)
-    broker = Broker(settings, reload_settings=reload_settings or load_settings)
+    broker = Broker(
+        settings,
+        reload_settings=reload_settings or load_settings,
+        warm_file=warmset.default_path(os.environ),
+    )
     reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
     def on_sighup() -> None:
