@@ -167,7 +167,11 @@ def exec_command(profile: str, command: Sequence[str], port: int | None, token_f
 
     \b
     rolebroker exec prod -- aws s3 ls
+    rolebroker exec prod --port 9961 -- env
     rolebroker exec prod            # a shell ($SHELL) set up for prod
+
+    Options before `--` are rolebroker's, everything after it is COMMAND's. Without `--`,
+    COMMAND starts at the first argument after PROFILE that is not an option.
 
     The command gets the environment `rolebroker env` prints, whatever the calling shell
     has set (AWS_PROFILE, access keys, ...). It replaces rolebroker (exec), so signals go

@@ -72,7 +72,11 @@ def serve(
     }
     settings = settings_for(port, token_file, host=host, refresh_before=refresh_before, log_level=log_level)
     configure_logging(settings.log_level)
-    run_daemon(settings, reload_settings=lambda: load_settings(flags))
+    run_daemon(
+        settings,
+        reload_settings=lambda: load_settings(flags),
+        warm_file=warmset.default_path(os.environ),
+    )
 
 
 def harden_environment() -> None:
@@ -86,9 +90,15 @@ def harden_environment() -> None:
     os.environ[INSIDE_DAEMON] = str(os.getpid())
 
 
-def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | None = None) -> None:
+def run_daemon(
+    settings: Settings,
+    *,
+    reload_settings: Callable[[], Settings] | None = None,
+    warm_file: Path | None = None,
+) -> None:
     """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
-    same flags, so flags keep winning."""
+    same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
+    next start (None for throw-away daemons such as the demo's)."""
     from rolebroker.authtoken import TokenFileError, load_or_create_token
     from rolebroker.broker import Broker
     from rolebroker.server import create_app
@@ -107,7 +117,7 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
     broker = Broker(
         settings,
         reload_settings=reload_settings or load_settings,
-        warm_file=warmset.default_path(os.environ),
+        warm_file=warm_file,
     )
     reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
