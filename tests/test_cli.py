@@ -178,6 +178,8 @@ DAEMON_COMMANDS = [
     ("status",),
     ("status", "--json"),
     ("creds", "prod"),
+    ("credential-process", "prod"),
+    ("export", "prod", "--format", "fish"),
     ("reload",),
     ("env", "prod"),
     ("exec", "prod", "--", "true"),

@@ -180,4 +180,13 @@ def test_a_served_profile_whose_source_is_rolebroker_fails_at_once(daemon: Daemo
     assert reply.json()["code"] == "CredentialSourceFailed"
     assert "started by the rolebroker daemon itself" in reply.json()["message"]
     assert elapsed < 4.0, f"took {elapsed:.1f}s: the daemon waited on itself"
+
+    # What a tool with `credential_process = rolebroker credential-process loop` sees.
+    started = time.monotonic()
+    result = run_cli("credential-process", "loop", env=cli_env(daemon))
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "CredentialSourceFailed" in result.stderr
+    assert "started by the rolebroker daemon itself" in result.stderr
+    assert time.monotonic() - started < 6.0
     assert run_cli("status", env=cli_env(daemon)).returncode == 0  # still serving

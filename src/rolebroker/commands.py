@@ -3,7 +3,8 @@
 Every command finds the daemon through the same settings as ``serve`` (``--port``,
 ``ROLEBROKER_PORT``, config.toml) and always talks to http://127.0.0.1:PORT with the
 token file. Errors are one line that says what to do; secrets are printed only by the
-commands whose job it is (``creds``, ``token``, ``env``), and only on stdout.
+commands whose job it is (``creds``, ``credential-process``, ``export``, ``token``, ``env``),
+and only on stdout.
 """
 
 from __future__ import annotations
