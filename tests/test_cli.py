@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from rolebroker.main import cli
 from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import CHAIN_CONFIG, AwsHome, Daemon
@@ -19,7 +21,19 @@ from tests.support.moto import MotoServer
 from tests.support.procs import free_port
 from tests.support.stsproxy import StsProxy
 
-COMMANDS = ("env", "exec", "status", "creds", "token", "reload", "doctor", "demo", "serve")
+COMMANDS = (
+    "env",
+    "exec",
+    "status",
+    "creds",
+    "credential-process",
+    "export",
+    "token",
+    "reload",
+    "doctor",
+    "demo",
+    "serve",
+)
 
 HOSTILE = {
     "AWS_PROFILE": "nonexistent",
@@ -164,6 +178,8 @@ DAEMON_COMMANDS = [
     ("status",),
     ("status", "--json"),
     ("creds", "prod"),
+    ("credential-process", "prod"),
+    ("export", "prod", "--format", "fish"),
     ("reload",),
     ("env", "prod"),
     ("exec", "prod", "--", "true"),
@@ -213,3 +229,104 @@ def test_bad_settings_are_usage_errors(args: tuple[str, ...], tmp_path: Path) ->
     result = run_cli(*args, env=home.env())
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+# -- options after the profile ---------------------------------------------------------------------
+
+PROFILE_COMMANDS = [
+    ("env", "prod"),
+    ("exec", "prod"),
+    ("creds", "prod"),
+    ("credential-process", "prod"),
+    ("export", "prod"),
+    ("mfa", "prod", "123456"),
+    ("doctor", "prod"),
+]
+
+
+def test_every_command_with_a_profile_takes_the_daemon_options_after_it(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment names a dead port and a missing token file: only the options given
+    after the profile reach the daemon."""
+    ran: list[list[str]] = []
+
+    def fake_exec(_file: str, argv: list[str], environment: dict[str, str]) -> None:
+        ran.append([*argv, environment["AWS_CONTAINER_CREDENTIALS_FULL_URI"]])
+        sys.exit(0)
+
+    monkeypatch.setattr(os, "execvpe", fake_exec)
+    env = {
+        **daemon.home.env(),
+        "ROLEBROKER_PORT": str(free_port()),
+        "ROLEBROKER_TOKEN_FILE": str(tmp_path / "missing-token"),
+    }
+    options = ["--port", str(daemon.port), "--token-file", str(daemon.home.token_file)]
+    for args in PROFILE_COMMANDS:
+        result = CliRunner().invoke(cli, [*args, *options], env=env)
+        output = result.stdout + result.stderr
+        assert not daemon.leaked(result.stderr)
+        if args[0] == "mfa":  # reached the daemon: prod has no mfa_serial
+            assert "MfaNotConfigured" in output, output
+        elif args[0] == "doctor":
+            assert "rolebroker serves 'prod': account 222222222222" in output, output
+        else:
+            assert result.exit_code == 0, f"{args}: {output}"
+    assert ran == [[os.environ.get("SHELL") or "/bin/sh", daemon.creds_url("prod")]]
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["prod", "--port", "{port}", "--", "env", "--port", "x"], ["env", "--port", "x"]),
+        (["--port", "{port}", "prod", "--", "env"], ["env"]),
+        (["prod", "--port", "{port}", "env", "--port", "x"], ["env", "--port", "x"]),
+        (["prod", "--port={port}", "--", "--port", "x"], ["--port", "x"]),
+    ],
+)
+def test_exec_options_before_the_command_are_rolebrokers_the_rest_is_the_commands(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, args: list[str], command: list[str]
+) -> None:
+    ran: list[list[str]] = []
+
+    def fake_exec(_file: str, argv: list[str], _environment: dict[str, str]) -> None:
+        ran.append(list(argv))
+        sys.exit(0)
+
+    monkeypatch.setattr(os, "execvpe", fake_exec)
+    env = {**daemon.home.env(), "ROLEBROKER_PORT": str(free_port())}
+    argv = ["exec", *(a.replace("{port}", str(daemon.port)) for a in args)]
+    result = CliRunner().invoke(cli, argv, env=env)
+    assert result.exit_code == 0, result.output
+    assert ran == [command]
+
+
+def test_exec_without_a_separator_passes_the_commands_options_on(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exec prod cmd --port x`: --port belongs to cmd, so the dead port in the environment is used."""
+    monkeypatch.setattr(os, "execvpe", lambda *_: sys.exit(0))
+    env = {**daemon.home.env(), "ROLEBROKER_PORT": str(free_port())}
+    result = CliRunner().invoke(cli, ["exec", "prod", "cmd", "--port", str(daemon.port)], env=env)
+    assert result.exit_code == 125
+    assert "not running" in result.stderr
+
+
+def test_exec_refuses_an_unknown_option_before_the_command(daemon: Daemon) -> None:
+    result = CliRunner().invoke(cli, ["exec", "prod", "--frob", "--", "true"], env=daemon.home.env())
+    assert result.exit_code == 2
+    assert "No such option '--frob'" in result.stderr
+
+
+def test_status_shows_why_there_are_no_profiles_when_the_config_is_broken_at_start(
+    start_daemon: StartDaemon, aws_home: AwsHome
+) -> None:
+    aws_home.config_path.write_text("[profile prod\nrole_arn = x\n")
+    daemon = start_daemon()
+    result = run_cli("status", env=cli_env(daemon))
+    assert result.returncode == 0, result.stderr
+    assert "No profiles in the AWS config" not in result.stdout
+    assert "No profiles: the daemon could not read the AWS config (ConfigFileError: cannot parse" in (
+        result.stdout
+    )
+    assert str(aws_home.config_path) in result.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import cli_env, rolebroker_on_path
+from tests.support.cli import cli_env, rolebroker_on_path, run_cli
 from tests.support.daemon import Daemon
 from tests.support.stsproxy import StsProxy
 
@@ -158,3 +158,42 @@ def test_the_printed_fix_for_a_token_file_newline_works(daemon: Daemon, tmp_path
     fix = next(line.split("fix: ", 1)[1] for line in first.stdout.splitlines() if "# rewrites it" in line)
     second = doctor_after(daemon, tmp_path, f"{change}\n{fix}")
     assert second.returncode == 0, second.stdout
+
+
+LOOP = "\n[profile loopy]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = loopy2\n" + (
+    "[profile loopy2]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = loopy\n"
+)
+
+
+def fixes(stdout: str) -> list[str]:
+    return [line.split("fix: ", 1)[1] for line in stdout.splitlines() if "fix: " in line]
+
+
+def test_doctor_for_a_typo_first_suggests_the_closest_profiles(daemon: Daemon) -> None:
+    """In a fresh shell (no FULL_URI), `doctor prdo` must not lead with `rolebroker env prdo`."""
+    result = run_cli("doctor", "prdo", env=cli_env(daemon))
+    assert result.returncode == 1
+    assert "rolebroker cannot serve 'prdo': ProfileNotFound" in result.stdout
+    found = fixes(result.stdout)
+    assert found[0].startswith("did you mean prod"), result.stdout
+    assert "rolebroker env prdo" not in result.stdout
+    assert f'eval "$(rolebroker env prod --port {daemon.port})"' in result.stdout
+
+
+def test_doctor_for_a_looping_profile_first_says_to_fix_the_config(daemon: Daemon) -> None:
+    with daemon.home.config_path.open("a") as handle:
+        handle.write(LOOP)
+    result = run_cli("doctor", "loopy", env=cli_env(daemon))
+    assert result.returncode == 1
+    assert "rolebroker cannot serve 'loopy'" in result.stdout
+    found = fixes(result.stdout)
+    assert found[0].startswith("fix profile 'loopy' in the AWS config"), result.stdout
+    assert not any(fix.startswith('eval "$(rolebroker env loopy') for fix in found), result.stdout
+    assert not daemon.leaked(result.stdout + result.stderr)
+
+
+def test_doctor_does_not_claim_every_go_sdk_reads_the_token_file(daemon: Daemon, tmp_path: Path) -> None:
+    change = SHADOWING["token env and file differ"][0]
+    result = doctor_after(daemon, tmp_path, change)
+    assert "v1 1.44 and v2 1.17 of Debian bookworm" in result.stdout
+    assert "JS SDK v3, Go and Rust send the file's" not in result.stdout

@@ -116,17 +116,23 @@ def test_plan_points_at_the_endpoint_and_unsets_everything_that_wins_over_it(tmp
     assert shellenv.CREDENTIALS_FILE not in planned.exports
 
 
-def test_export_token_file_keeps_both_token_variables_consistent(tmp_path: Path) -> None:
+def test_export_token_file_exports_the_file_instead_of_the_token(tmp_path: Path) -> None:
+    """Both set make the JS SDK v3 print two warnings per credential load, and SDKs disagree
+    on which one wins: the file variant replaces (and unsets) the token variable."""
     planned = plan(
         url="http://127.0.0.1:9911/creds/prod",
-        token="tok",
+        token="daemon-token-value",
         profile="prod",
-        environ={},
+        environ={shellenv.TOKEN: "stale"},
         aws_config=view(tmp_path),
         token_file=tmp_path / "token",
     )
     assert planned.exports[shellenv.TOKEN_FILE] == str(tmp_path / "token")
     assert shellenv.TOKEN_FILE not in planned.unsets
+    assert shellenv.TOKEN not in planned.exports
+    assert shellenv.TOKEN in planned.unsets
+    assert "daemon-token-value" not in planned.render("bash") + planned.render("fish")
+    assert shellenv.TOKEN not in planned.apply({shellenv.TOKEN: "stale"})
 
 
 def test_default_keys_in_the_credentials_file_are_read_through_botocore_and_hidden(tmp_path: Path) -> None:
@@ -262,15 +268,16 @@ def test_default_profile_keys_do_not_shadow_the_endpoint(
     assert identity["Arn"] == "arn:aws:sts::333333333333:assumed-role/admin/alice-admin"
 
 
-def test_env_with_token_file_exports_the_same_token_twice(daemon: Daemon, tmp_path: Path) -> None:
+def test_env_with_token_file_exports_only_the_file(daemon: Daemon, tmp_path: Path) -> None:
     env = rolebroker_on_path(tmp_path / "bin", cli_env(daemon))
     script = (
+        "export AWS_CONTAINER_AUTHORIZATION_TOKEN=from-an-earlier-env; "
         'eval "$(rolebroker env dev --export-token-file)"; '
-        '[ "$(cat "$AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")" = "$AWS_CONTAINER_AUTHORIZATION_TOKEN" ] '
-        "&& echo same"
+        'echo "token=${AWS_CONTAINER_AUTHORIZATION_TOKEN-unset}"; '
+        '[ "$(cat "$AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")" = "$(rolebroker token)" ] && echo same'
     )
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "same", result.stderr[-2000:]
+    assert result.stdout.split() == ["token=unset", "same"], result.stderr[-2000:]
 
 
 def test_env_refuses_an_unknown_profile_and_prints_nothing(daemon: Daemon) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from rolebroker import __version__
@@ -21,6 +22,7 @@ from rolebroker.profiles import ProfileCatalog
 from rolebroker.providers import CredentialProvider, MfaSession, chain_of
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
+from rolebroker.warmset import WarmFile, WarmSet
 
 log = logging.getLogger("rolebroker")
 
@@ -36,6 +38,7 @@ class Broker:
         reload_settings: Callable[[], Settings] = load_settings,
         clock: Clock = time.time,
         refresh_interval: float = 1.0,
+        warm_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self._load_catalog = load_catalog
@@ -63,11 +66,22 @@ class Broker:
         self._reload_lock = asyncio.Lock()
         self._refresher_task: asyncio.Task[None] | None = None
         self._mfa_task: asyncio.Task[None] | None = None
+        # Profiles used before the last stop, warmed at start (names and times only).
+        self._warm = WarmSet(WarmFile(warm_file), lambda: self._last_used, clock=clock) if warm_file else None
+        self._warm_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reload(reason="start")
+        if self._warm is not None:
+            known = self._catalog.names() if self._catalog else None
+            self._last_used.update(await self._warm.restore(keep_warm=self.settings.keep_warm, known=known))
+            try:
+                self._refresher.tick()  # fetch them now, before any client asks
+            except Exception:
+                log.exception("warming the profiles used before the last stop failed")
+            self._warm_task = asyncio.get_running_loop().create_task(self._warm.run(), name="warm-set")
         self._refresher_task = asyncio.get_running_loop().create_task(self._refresher.run(), name="refresher")
         self._mfa_task = asyncio.get_running_loop().create_task(self.mfa.run(), name="mfa-watcher")
 
@@ -79,6 +93,11 @@ class Broker:
             self._mfa_task.cancel()
             await asyncio.gather(self._mfa_task, return_exceptions=True)
         await self.mfa.stop()
+        if self._warm is not None:
+            if self._warm_task is not None:
+                self._warm_task.cancel()
+                await asyncio.gather(self._warm_task, return_exceptions=True)
+            await self._warm.flush()
 
     async def reload(self, *, reason: str = "reload", reread_settings: bool = True) -> bool:
         """Re-read the AWS config. Keeps cached credentials of every hop whose definition

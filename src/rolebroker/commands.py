@@ -3,7 +3,8 @@
 Every command finds the daemon through the same settings as ``serve`` (``--port``,
 ``ROLEBROKER_PORT``, config.toml) and always talks to http://127.0.0.1:PORT with the
 token file. Errors are one line that says what to do; secrets are printed only by the
-commands whose job it is (``creds``, ``token``, ``env``), and only on stdout.
+commands whose job it is (``creds``, ``credential-process``, ``export``, ``token``, ``env``),
+and only on stdout.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from rolebroker import shellenv
+from rolebroker import export, shellenv
 from rolebroker.authtoken import read_token
 from rolebroker.client import ClientError, DaemonClient, DaemonError, TokenUnavailable, start_hint
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
@@ -80,7 +81,9 @@ def reported(error: type[click.ClickException] = click.ClickException) -> Iterat
 @click.option(
     "--export-token-file",
     is_flag=True,
-    help="Also export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (same token; re-read by newer SDKs).",
+    help="Export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE instead of AWS_CONTAINER_AUTHORIZATION_TOKEN "
+    "(unset): re-read on every load by newer SDKs, ignored by the AWS CLI v2 before 2.15, aws-sdk-js v2 "
+    "(Serverless v3) and Java.",
 )
 @click.option(
     "--no-check",
@@ -120,10 +123,43 @@ def env_command(
     click.echo(planned.render(chosen, footer=footer), nl=False)
 
 
-@click.command(
-    "exec",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-)
+class ExecCommand(click.Command):
+    """``exec PROFILE [OPTIONS] [--] COMMAND...``: rolebroker's options may come before or
+    after the profile, like every other command's. Everything after ``--``, or from the
+    first argument after the profile that is not an option, belongs to COMMAND."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, options_first(self, ctx, args))
+
+
+def options_first(command: click.Command, ctx: click.Context, args: Sequence[str]) -> list[str]:
+    """``args`` reordered as ``OPTIONS PROFILE -- COMMAND...`` for a parser that stops at the
+    first positional argument (so COMMAND's own options are never read as rolebroker's)."""
+    with_value = {
+        name
+        for param in command.get_params(ctx)
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
+    options: list[str] = []
+    profile: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            return [*options, *profile, "--", *rest] if profile else [*options, "--", *rest]
+        if arg.startswith("-") and arg != "-":
+            options.append(arg)
+            if arg in with_value and rest:
+                options.append(rest.pop(0))
+        elif not profile:
+            profile.append(arg)
+        else:
+            return [*options, *profile, "--", arg, *rest]
+    return [*options, *profile]
+
+
+@click.command("exec", cls=ExecCommand, context_settings={"allow_interspersed_args": False})
 @daemon_options
 @click.argument("profile")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -132,7 +168,11 @@ def exec_command(profile: str, command: Sequence[str], port: int | None, token_f
 
     \b
     rolebroker exec prod -- aws s3 ls
+    rolebroker exec prod --port 9961 -- env
     rolebroker exec prod            # a shell ($SHELL) set up for prod
+
+    Options before `--` are rolebroker's, everything after it is COMMAND's. Without `--`,
+    COMMAND starts at the first argument after PROFILE that is not an option.
 
     The command gets the environment `rolebroker env` prints, whatever the calling shell
     has set (AWS_PROFILE, access keys, ...). It replaces rolebroker (exec), so signals go
@@ -248,6 +288,70 @@ def creds_command(profile: str, port: int | None, token_file: Path | None) -> No
     click.echo(reply.text)
 
 
+@click.command("credential-process")
+@click.argument("profile")
+@daemon_options
+def credential_process_command(profile: str, port: int | None, token_file: Path | None) -> None:
+    """Print PROFILE's credentials as credential_process JSON, for tools that only read profiles.
+
+    \b
+    [profile prod-rb]
+    credential_process = rolebroker credential-process prod
+
+    Refuses to run when the daemon itself started it (a profile the daemon serves whose
+    credential_process is rolebroker would wait on itself).
+    """
+    click.echo(_issued(profile, port, token_file, "process"), nl=False)
+
+
+@click.command("export")
+@click.argument("profile")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(export.FORMATS),
+    default="env",
+    show_default=True,
+    help="env: POSIX export lines; fish: set -gx; powershell: $Env:; process: credential_process "
+    "JSON; json: the ECS JSON.",
+)
+@daemon_options
+def export_command(profile: str, fmt: str, port: int | None, token_file: Path | None) -> None:
+    """Print PROFILE's current credentials as static values, for scripts that need keys.
+
+    \b
+    eval "$(rolebroker export prod)"                      # bash / zsh
+    rolebroker export prod --format fish | source
+    rolebroker export prod --format powershell | Invoke-Expression
+
+    They are not renewed: prefer `rolebroker env` or `exec`, which keep the SDK asking the
+    daemon. The values expire at AWS_CREDENTIAL_EXPIRATION.
+    """
+    click.echo(_issued(profile, port, token_file, fmt), nl=False)
+
+
+def _issued(profile: str, port: int | None, token_file: Path | None, fmt: str) -> str:
+    """The daemon's credentials for ``profile`` in ``fmt``; errors name the daemon's code."""
+    inside = os.environ.get(export.INSIDE_DAEMON)
+    if inside:
+        raise click.ClickException(
+            f"refusing to get profile {profile!r} from rolebroker: this command was started by the "
+            f"rolebroker daemon itself (pid {inside}), because a profile it serves has a credential_process "
+            "that runs rolebroker, so the daemon would wait on itself. Give the profiles the daemon serves "
+            "a source of their own (keys, SSO, source_profile) and use the rolebroker credential_process "
+            "only in profiles for other tools"
+        )
+    settings = settings_for(port, token_file)
+    with reported():
+        reply = DaemonClient(settings).credentials(profile)
+        body = reply.json_object()
+        try:
+            credentials = export.IssuedCredentials.from_ecs(body or {})
+        except export.BadCredentials as exc:
+            raise DaemonError(502, "BadReply", f"{exc}; is that rolebroker?") from None
+    return export.render(credentials, fmt, ecs_json=reply.text)
+
+
 @click.command("token")
 @daemon_options
 def token_command(port: int | None, token_file: Path | None) -> None:
@@ -351,10 +455,13 @@ def format_status(status: dict[str, Any], now: float) -> str:
     if files:
         lines.append("AWS config: " + ", ".join(map(str, files)))
     config_error = status.get("config_error")
-    if isinstance(config_error, dict):
-        lines.append(f"AWS config error: {config_error.get('code')}: {config_error.get('message')}")
+    if isinstance(config_error, dict) and profiles_in(status):
+        lines.append(
+            f"AWS config error: {config_error.get('code')}: {config_error.get('message')} "
+            "(serving the last good version)"
+        )
     lines.append("")
-    profiles = [p for p in status.get("profiles") or [] if isinstance(p, dict)]
+    profiles = profiles_in(status)
     header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
     rows = [header]
     details: list[str] = []
@@ -374,7 +481,12 @@ def format_status(status: dict[str, Any], now: float) -> str:
                 error_cell,
             )
         )
-    if not profiles:
+    if not profiles and isinstance(config_error, dict):
+        lines.append(
+            "No profiles: the daemon could not read the AWS config "
+            f"({config_error.get('code')}: {config_error.get('message')}); fix it, then: rolebroker reload"
+        )
+    elif not profiles:
         lines.append("No profiles in the AWS config.")
     else:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -384,6 +496,10 @@ def format_status(status: dict[str, Any], now: float) -> str:
     if details:
         lines += ["", *details]
     return "\n".join(lines) + "\n"
+
+
+def profiles_in(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in status.get("profiles") or [] if isinstance(p, dict)]
 
 
 def _duration(seconds: Any) -> str:
@@ -416,6 +532,8 @@ COMMANDS: tuple[click.Command, ...] = (
     exec_command,
     status_command,
     creds_command,
+    credential_process_command,
+    export_command,
     token_command,
     reload_command,
     mfa_command,

@@ -10,6 +10,7 @@ setting names only, never their values (except profile names, hosts and ports).
 from __future__ import annotations
 
 import calendar
+import difflib
 import shlex
 import time
 import urllib.parse
@@ -72,6 +73,11 @@ class _Context:
     reachable: bool = False
     daemon_token: str | None = None
     """The token file's token, once the daemon accepted it."""
+    known_profiles: tuple[str, ...] = ()
+    """The profile names the daemon serves (from /status)."""
+    unservable: dict[str, str] = field(default_factory=dict)
+    """Profiles the daemon refused with a 4xx, and the code: `rolebroker env` fails for them."""
+    checked: set[str] = field(default_factory=set)
 
     def ok(self, what: str) -> None:
         self.findings.append(Finding(Level.OK, what))
@@ -83,9 +89,20 @@ class _Context:
         self.findings.append(Finding(Level.PROBLEM, what, why, fix))
 
     def env_fix(self, profile: str | None = None) -> str:
+        """The ``rolebroker env`` line, for a profile it can work for: never one the daemon
+        refused (that line would fail), but the closest existing name for a typo."""
         name = profile or self.environ.get("ROLEBROKER_PROFILE") or self.profile or "PROFILE"
         port = "" if self.settings.port == DEFAULT_PORT else f" --port {self.settings.port}"
-        return f'eval "$(rolebroker env {name}{port})"'
+        code = self.unservable.get(name)
+        if code is None:
+            return f'eval "$(rolebroker env {shlex.quote(name)}{port})"'
+        close = self.closest(name)
+        if code == "ProfileNotFound" and close:
+            return f'eval "$(rolebroker env {shlex.quote(close[0])}{port})"   # {name!r} does not exist'
+        return f'first fix profile {name!r} (above), then: eval "$(rolebroker env {shlex.quote(name)}{port})"'
+
+    def closest(self, name: str) -> list[str]:
+        return difflib.get_close_matches(name, self.known_profiles, n=3, cutoff=0.5)
 
 
 def diagnose(settings: Settings, environ: Mapping[str, str], profile: str | None = None) -> list[Finding]:
@@ -93,6 +110,8 @@ def diagnose(settings: Settings, environ: Mapping[str, str], profile: str | None
     aws_config = read_aws_config(environ)
     ctx = _Context(settings, environ, profile, DaemonClient(settings), aws_config)
     _check_daemon(ctx)
+    if profile is not None:
+        _check_profile(ctx, profile)  # first: the fixes below name it, so they must work for it
     served = _check_endpoint_variables(ctx)
     _check_tokens(ctx, served)
     _check_shadowing(ctx)
@@ -144,6 +163,9 @@ def _check_daemon(ctx: _Context) -> None:
         return
     ctx.daemon_token = token
     status = reply.json_object() or {}
+    ctx.known_profiles = tuple(
+        str(p["name"]) for p in status.get("profiles") or [] if isinstance(p, dict) and "name" in p
+    )
     ctx.ok(
         f"rolebroker {status.get('version', '?')} answers on {where} (pid {status.get('pid', '?')}) "
         f"and accepts the token in {ctx.settings.token_file}"
@@ -307,7 +329,7 @@ def _check_tokens(ctx: _Context, served: str | None) -> None:
         except OSError as exc:
             ctx.problem(
                 f"{TOKEN_FILE}={file_name} cannot be read ({exc.strerror})",
-                "SDKs that read the file (botocore, AWS CLI >= 2.15, JS SDK v3, Go, Rust) fail",
+                "SDKs that read the file (botocore, AWS CLI >= 2.15, JS SDK v3, Rust, recent Go SDKs) fail",
                 f"unset {TOKEN_FILE}   # or: {ctx.env_fix(served)}",
             )
         else:
@@ -318,8 +340,9 @@ def _check_tokens(ctx: _Context, served: str | None) -> None:
     if env_token is not None and file_token is not None and not token_matches(env_token.strip(), file_token):
         ctx.problem(
             f"{TOKEN} and the file in {TOKEN_FILE} hold different tokens",
-            "botocore, the AWS CLI >= 2.15, JS SDK v3, Go and Rust send the file's, aws-sdk-js v2 and Java "
-            "the variable's, so some clients are refused",
+            "botocore, the AWS CLI >= 2.15, JS SDK v3, Rust and recent Go SDKs send the file's; aws-sdk-js "
+            "v2, Java and Go SDKs without token-file support (such as v1 1.44 and v2 1.17 of Debian "
+            "bookworm) the variable's, so some clients are refused",
             ctx.env_fix(served),
         )
     if not ctx.reachable:
@@ -391,10 +414,12 @@ def _check_profiles(ctx: _Context, served: str | None) -> None:
             ctx.env_fix(ctx.profile),
         )
     for name in dict.fromkeys(p for p in (served, ctx.profile) if p is not None):
-        _check_profile(ctx, name)
+        if name not in ctx.checked:
+            _check_profile(ctx, name)
 
 
 def _check_profile(ctx: _Context, profile: str) -> None:
+    ctx.checked.add(profile)
     if not ctx.reachable or ctx.daemon_token is None:
         return
     label = repr(profile) if profile else "the daemon's default profile"
@@ -404,10 +429,12 @@ def _check_profile(ctx: _Context, profile: str) -> None:
         return
     if reply.status != 200:
         error = error_of(reply)
+        if error.user_must_act:
+            ctx.unservable[profile] = error.code
         ctx.problem(
             f"rolebroker cannot serve {label}: {error.code} (HTTP {reply.status})",
             error.message,
-            _fix_for(error.code, error.message),
+            _fix_for(ctx, profile, error.code),
         )
         return
     body = reply.json_object() or {}
@@ -417,12 +444,41 @@ def _check_profile(ctx: _Context, profile: str) -> None:
     ctx.ok(f"rolebroker serves {label}: account {account}{f', role {role}' if role else ''}, {left}")
 
 
-def _fix_for(code: str, message: str) -> str:
+_CONFIG_CODES = frozenset(
+    {
+        "SourceProfileLoop",
+        "SourceProfileNotFound",
+        "SourceProfileMissing",
+        "InvalidProfile",
+        "NoSourceCredentials",
+        "ConfigFileError",
+        "CredentialSourceFailed",
+    }
+)
+"""Codes only an edit of the AWS config fixes."""
+
+
+def _fix_for(ctx: _Context, profile: str, code: str) -> str:
     if code in ("StsUnavailable", "StsTimeout"):
         return "retry in a few seconds; if it persists, check the network and: rolebroker status"
+    files = " / ".join(map(str, (ctx.aws_config.config_path, ctx.aws_config.credentials_path)))
     if code == "ProfileNotFound":
-        return "add the profile to the AWS config (the daemon finds it on the next request)"
-    return "see the message above; then: rolebroker status"
+        close = ctx.closest(profile)
+        port = "" if ctx.settings.port == DEFAULT_PORT else f" --port {ctx.settings.port}"
+        if close:
+            names = ", ".join(close)
+            return (
+                f"did you mean {names}? e.g. rolebroker doctor {shlex.quote(close[0])}{port}; or add "
+                f"[profile {profile}] to the AWS config (the daemon finds it on the next request)"
+            )
+        known = ", ".join(ctx.known_profiles[:20]) or "none"
+        return f"use an existing profile ({known}) or add [profile {profile}] to the AWS config"
+    if code in _CONFIG_CODES:
+        return (
+            f"fix profile {profile!r} in the AWS config ({files}) as the message says, "
+            "then: rolebroker reload"
+        )
+    return "do what the message above says; then: rolebroker status"
 
 
 def _expires_in(stamp: str) -> str:

@@ -15,8 +15,9 @@ from typing import Any
 import click
 import uvicorn
 
-from rolebroker import __version__, systemd
+from rolebroker import __version__, systemd, warmset
 from rolebroker.config import Settings, is_loopback_host, load_settings
+from rolebroker.export import INSIDE_DAEMON
 
 log = logging.getLogger("rolebroker")
 
@@ -71,21 +72,33 @@ def serve(
     }
     settings = settings_for(port, token_file, host=host, refresh_before=refresh_before, log_level=log_level)
     configure_logging(settings.log_level)
-    run_daemon(settings, reload_settings=lambda: load_settings(flags))
+    run_daemon(
+        settings,
+        reload_settings=lambda: load_settings(flags),
+        warm_file=warmset.default_path(os.environ),
+    )
 
 
 def harden_environment() -> None:
     """The daemon must never resolve a root profile through itself (FULL_URI inherited
-    from a shell that ran ``rolebroker env``), nor wait on EC2 metadata for a profile
-    that simply has no credentials."""
+    from a shell that ran ``rolebroker env``, or a credential_process running rolebroker),
+    nor wait on EC2 metadata for a profile that simply has no credentials."""
     for name in _SELF_REFERENCES:
         os.environ.pop(name, None)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # A credential_process the daemon runs must not ask the daemon back (export.py).
+    os.environ[INSIDE_DAEMON] = str(os.getpid())
 
 
-def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | None = None) -> None:
+def run_daemon(
+    settings: Settings,
+    *,
+    reload_settings: Callable[[], Settings] | None = None,
+    warm_file: Path | None = None,
+) -> None:
     """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
-    same flags, so flags keep winning."""
+    same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
+    next start (None for throw-away daemons such as the demo's)."""
     from rolebroker.authtoken import TokenFileError, load_or_create_token
     from rolebroker.broker import Broker
     from rolebroker.server import create_app
@@ -101,7 +114,11 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
         # Socket activation decides where we listen; /status and the logs should say so.
         host, port = systemd.socket_address(sockets[0])
         settings = replace(settings, host=host, port=port)
-    broker = Broker(settings, reload_settings=reload_settings or load_settings)
+    broker = Broker(
+        settings,
+        reload_settings=reload_settings or load_settings,
+        warm_file=warm_file,
+    )
     reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
 
     def on_sighup() -> None:

@@ -4,7 +4,7 @@ The container provider comes late in every SDK's default chain, so pointing at t
 endpoint is not enough: everything that would win before it is removed too (see
 client-contract.md, "Surprises"). Values are quoted for the target shell, and only
 ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` is exported by default: the ``_FILE`` variant is
-ignored by older CLIs and SDKs, and when both are set they must agree.
+ignored by older CLIs and SDKs. Only one of the two is ever exported.
 """
 
 from __future__ import annotations
@@ -151,15 +151,18 @@ def plan(
 ) -> ShellEnv:
     """What to set and unset so that every SDK in ``environ`` uses ``url``.
 
-    ``token_file`` given: also export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (same value
-    as the token, so the precedence differences between SDKs do not matter).
+    ``token_file`` given: export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE *instead of* the
+    token. Never both: the JS SDK v3 prints two warnings on every credential load when both
+    are set, and SDKs disagree on which one wins.
     """
-    exports = {FULL_URI: url, TOKEN: token, PROFILE_MARK: profile}
+    exports = {FULL_URI: url, PROFILE_MARK: profile}
     unsets = list(SHADOWING_VARS)
     notes: list[str] = []
     if token_file is not None:
         exports[TOKEN_FILE] = str(token_file)
+        unsets.append(TOKEN)
     else:
+        exports[TOKEN] = token
         unsets.append(TOKEN_FILE)
 
     if aws_config.default_in_credentials:
