@@ -66,7 +66,7 @@ SHADOWING = {
     "[default] keys in credentials": (
         f"printf '\\n{DEFAULT_KEYS}' >> \"$AWS_SHARED_CREDENTIALS_FILE\"",
         "has aws_access_key_id, aws_secret_access_key",
-        "fix: export AWS_SHARED_CREDENTIALS_FILE=/dev/null   # in client shells",
+        "fix: export AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_SDK_LOAD_CONFIG=1   # in client shells",
     ),
     "[default] keys in config": (
         f'printf \'{DEFAULT_KEYS}\' > "$WORK/client-config"; export AWS_CONFIG_FILE="$WORK/client-config"',

@@ -15,6 +15,7 @@ from rolebroker import shellenv
 from rolebroker.shellenv import AwsConfigView, plan, read_aws_config
 from tests.support.ci import skip_or_fail
 from tests.support.cli import cli_env, rolebroker_on_path, run_cli
+from tests.support.clients import CLIENTS_DIR, require_node_package
 from tests.support.daemon import CHAIN_CREDENTIALS, Daemon
 from tests.support.moto import MotoServer
 from tests.support.stsproxy import StsProxy
@@ -266,6 +267,37 @@ def test_default_profile_keys_do_not_shadow_the_endpoint(
     )
     identity = shell_then_identity(daemon, moto, tmp_path, "prod-admin")
     assert identity["Arn"] == "arn:aws:sts::333333333333:assumed-role/admin/alice-admin"
+
+
+DEFAULT_KEYS = (
+    "\n[default]\naws_access_key_id = AKIADEFAULTSHADOW000\n"
+    "aws_secret_access_key = shadowSecret0000000000000000000000000000\n"
+)
+
+
+@pytest.mark.parametrize("with_config_file", [True, False], ids=["config-file", "no-config-file"])
+def test_default_profile_keys_do_not_shadow_the_endpoint_for_js_v2(
+    daemon: Daemon, moto: MotoServer, tmp_path: Path, with_config_file: bool
+) -> None:
+    """aws-sdk-js v2 (Serverless v3's SDK) reads ~/.aws/credentials whatever
+    AWS_SHARED_CREDENTIALS_FILE says unless AWS_SDK_LOAD_CONFIG is set, and with it set it
+    fails on a missing config file: both cases must reach the endpoint."""
+    node = require_node_package("aws-sdk")
+    daemon.home.credentials_path.write_text(CHAIN_CREDENTIALS + DEFAULT_KEYS)
+    # The client shell's own AWS config: the daemon keeps reading its own file.
+    client_config = tmp_path / "client-config"
+    if with_config_file:
+        client_config.write_text("[default]\nregion = us-east-1\n")
+    parent = cli_env(daemon, AWS_CONFIG_FILE=str(client_config), AWS_REGION="us-east-1")
+    env = rolebroker_on_path(tmp_path / "bin", parent)
+    env.update(NODE=node, SCRIPT=str(CLIENTS_DIR / "sts-identity-v2.js"), STS=moto.url)
+    script = 'set -e; eval "$(rolebroker env prod-admin)"; exec "$NODE" "$SCRIPT" "$STS"'
+    result = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=90, cwd=CLIENTS_DIR
+    )
+    assert not daemon.leaked(result.stderr), "a secret reached stderr"
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["Arn"] == "arn:aws:sts::333333333333:assumed-role/admin/alice-admin"
 
 
 def test_env_with_token_file_exports_only_the_file(daemon: Daemon, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from rolebroker.shellenv import (
     CREDENTIALS_FILE,
     EMPTY_FILE,
     FULL_URI,
+    JS_V2_LOAD_CONFIG,
     KEY_VARS,
     PROFILE_VARS,
     RELATIVE_URI,
@@ -389,7 +390,8 @@ def _check_shadowing(ctx: _Context) -> None:
         ctx.problem(
             f"[default] in {view.credentials_path} has {', '.join(view.default_in_credentials)}",
             "with no AWS_PROFILE, SDKs use the default profile's credentials before rolebroker",
-            f"export {CREDENTIALS_FILE}={EMPTY_FILE}   # in client shells, as rolebroker env does; or move "
+            f"export {CREDENTIALS_FILE}={EMPTY_FILE} {JS_V2_LOAD_CONFIG}=1   # in client shells, as "
+            "rolebroker env does (the JS SDK v2 needs both); or move "
             "them to a named profile (e.g. [base]) and set source_profile = base where they are used",
         )
     if view.default_in_config:

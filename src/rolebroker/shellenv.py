@@ -2,7 +2,7 @@
 
 The container provider comes late in every SDK's default chain, so pointing at the
 endpoint is not enough: everything that would win before it is removed too (see
-client-contract.md, "Surprises"). Values are quoted for the target shell, and only
+docs/clients.md, "Why a client may never ask rolebroker"). Values are quoted for the target shell, and only
 ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` is exported by default: the ``_FILE`` variant is
 ignored by older CLIs and SDKs. Only one of the two is ever exported.
 """
@@ -24,6 +24,10 @@ RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
 TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"  # noqa: S105  (a variable name, not a secret)
 TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"  # noqa: S105
 CREDENTIALS_FILE = "AWS_SHARED_CREDENTIALS_FILE"
+CONFIG_FILE = "AWS_CONFIG_FILE"
+JS_V2_LOAD_CONFIG = "AWS_SDK_LOAD_CONFIG"
+"""aws-sdk-js v2 (and Serverless v3 through it) honours AWS_SHARED_CREDENTIALS_FILE only
+when this is set: without it, ``[default]`` keys in ~/.aws/credentials still win."""
 PROFILE_MARK = "ROLEBROKER_PROFILE"
 """Which profile this shell uses, for prompts and for ``doctor``."""
 REGION_MARK = "ROLEBROKER_REGION"
@@ -167,6 +171,9 @@ def plan(
 
     if aws_config.default_in_credentials:
         exports[CREDENTIALS_FILE] = EMPTY_FILE
+        exports[JS_V2_LOAD_CONFIG] = "1"
+        if not aws_config.config_path.is_file():
+            exports[CONFIG_FILE] = EMPTY_FILE  # js v2 with LOAD_CONFIG fails on a missing config file
         notes.append(
             f"[default] in {aws_config.credentials_path} has {', '.join(aws_config.default_in_credentials)}, "
             f"which every SDK would use instead of rolebroker, so this environment reads no credentials "
