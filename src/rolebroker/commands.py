@@ -430,10 +430,11 @@ def doctor_command(profile: str | None, port: int | None, token_file: Path | Non
     "--port", type=int, help=f"Port for the demo daemon [env ROLEBROKER_PORT; default {DEFAULT_PORT}]"
 )
 def demo_command(port: int | None) -> None:
-    """Run rolebroker against an embedded local STS (needs: pip install 'rolebroker[demo]').
+    """Run rolebroker against an embedded local STS (needs moto: make demo in a checkout,
+    or pipx install '.[demo]').
 
-    Generates a throw-away AWS config with profiles dev and prod (chained across accounts),
-    prints commands to try, and never touches ~/.aws. Honours ROLEBROKER_TOKEN_FILE.
+    Generates a throw-away AWS config, credentials and token with profiles dev and prod
+    (chained across accounts), prints commands to try, and writes nothing under your home.
     """
     from rolebroker import demo
 
