@@ -240,3 +240,26 @@ def test_unreachable_sts_errors_name_the_endpoint(daemon: Daemon, sts: StsProxy)
     assert response.status_code == 503, codes(response)
     assert response.json()["code"] == "StsUnavailable"
     assert sts.url in response.json()["message"]
+
+
+def test_a_config_error_is_not_retried_until_the_file_changes(
+    start_daemon: StartDaemon, aws_home: AwsHome
+) -> None:
+    config = CHAIN_CONFIG + (
+        "\n[profile nokeys]\nregion = us-east-1\n"
+        "\n[profile needkeys]\nrole_arn = arn:aws:iam::111111111111:role/needkeys\nsource_profile = nokeys\n"
+    )
+    aws_home.write(config)
+    daemon = start_daemon()
+    for _ in range(4):  # over 3 s: a retry every second would show up in the log
+        response = daemon.get("/creds/needkeys")
+        assert response.status_code == 400 and response.json()["code"] == "NoSourceCredentials"
+        time.sleep(1)
+    assert daemon.output().count("failed profile=nokeys") == 1
+    assert "until the AWS config changes" in daemon.output()
+    with aws_home.credentials_path.open("a") as credentials:
+        credentials.write(
+            "\n[nokeys]\naws_access_key_id = AKIANOKEYSNOWKEYS001\naws_secret_access_key = " + "k" * 40
+        )
+    response = daemon.get("/creds/needkeys")  # no reload: the changed file is noticed
+    assert response.status_code == 200, codes(response)
