@@ -78,10 +78,10 @@ class StsClients:
 
     def client(self, profile: str, credentials: Credentials, attempts: Attempts | None = None) -> Any:
         with self._lock:
-            session = self._sessions.get(profile)
-            if session is None:
-                session = self._sessions[profile] = self.session(profile)
             try:
+                session = self._sessions.get(profile)
+                if session is None:
+                    session = self._sessions[profile] = self.session(profile)
                 region = session.get_config_variable("region") or "us-east-1"
                 client = session.create_client(
                     "sts",
