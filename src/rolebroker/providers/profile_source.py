@@ -69,7 +69,9 @@ class ProfileSource(CredentialProvider):
             expiry = _expiry_of(resolved)
         except BrokerError:
             raise
-        except RuntimeError as exc:  # botocore: "refreshed credentials are still expired"
+        except RuntimeError as exc:
+            if "expired" not in str(exc):  # botocore: "refreshed credentials are still expired"
+                raise
             raise UpstreamCredentialsExpired(
                 f"the credential source of profile {self.profile!r} keeps returning expired credentials "
                 f"({redact(str(exc))}); run it by hand (credential_process) or log in again (SSO)"
