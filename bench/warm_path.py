@@ -4,7 +4,8 @@
 
 Starts a moto STS and the daemon (as the tests do), warms /creds/prod, then measures
 sequential latency over one keep-alive connection, a concurrent burst, and the daemon's
-resident memory.
+resident memory; then a second daemon with --profiles role profiles gives the memory each
+additional profile in use costs (RSS after serving all of them minus after serving one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.daemon import AwsHome, Daemon
+from tests.support.daemon import CHAIN_CONFIG, AwsHome, Daemon
 from tests.support.moto import MotoServer
 
 
@@ -51,13 +52,51 @@ async def burst(url: str, token: str, total: int, concurrency: int) -> float:
         return total / (time.perf_counter() - start)
 
 
+def rss_per_profile(moto: MotoServer, profiles: int) -> tuple[float, float, float]:
+    """RSS (MiB) after serving 1 and after serving ``profiles`` role profiles, and the cost of
+    each additional one."""
+    config = CHAIN_CONFIG + "".join(
+        f"\n[profile p{i}]\nrole_arn = arn:aws:iam::111111111111:role/p{i}\nsource_profile = base\n"
+        "region = us-east-1\n"
+        for i in range(profiles)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        home = AwsHome(Path(tmp))
+        home.write(config)
+        daemon = Daemon(home, sts_url=moto.url)
+        try:
+            with httpx.Client(headers={"Authorization": daemon.token}, timeout=30) as client:
+                client.get(daemon.creds_url("p0")).raise_for_status()
+                one = rss_mib(daemon.process.pid)
+                for i in range(1, profiles):
+                    client.get(daemon.creds_url(f"p{i}")).raise_for_status()
+                all_of_them = rss_mib(daemon.process.pid)
+        finally:
+            daemon.stop()
+            daemon.process.cleanup()
+    return one, all_of_them, (all_of_them - one) / (profiles - 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--profiles", type=int, default=30)
     args = parser.parse_args()
 
     moto = MotoServer()
+    try:
+        warm_path(moto, args)
+        one, every, each = rss_per_profile(moto, args.profiles)
+        print(
+            f"RSS per additional profile: {each:.2f} MiB ({one:.1f} MiB serving 1 profile, "
+            f"{every:.1f} MiB serving {args.profiles})"
+        )
+    finally:
+        moto.stop()
+
+
+def warm_path(moto: MotoServer, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = AwsHome(Path(tmp))
         home.write()
@@ -88,7 +127,6 @@ def main() -> None:
         finally:
             daemon.stop()
             daemon.process.cleanup()
-            moto.stop()
 
 
 if __name__ == "__main__":

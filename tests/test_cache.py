@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,8 +12,16 @@ import pytest
 
 from rolebroker.cache import CredentialCache
 from rolebroker.credentials import Credentials
-from rolebroker.errors import BrokerError, StsRefused, StsTimeout, StsUnavailable
-from rolebroker.providers import CredentialProvider
+from rolebroker.errors import (
+    BrokerError,
+    NoSourceCredentials,
+    ProfileConfigError,
+    StsRefused,
+    StsTimeout,
+    StsUnavailable,
+    UpstreamCredentialsExpired,
+)
+from rolebroker.providers import Attempts, CredentialProvider
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 
@@ -35,6 +44,8 @@ class FakeHop(CredentialProvider):
     lifetime: float = 3600.0
     delay: float = 0.0
     fail_with: BrokerError | None = None
+    hang: threading.Event | None = None
+    """While set to an unset event, fetches block until it is set (a hanging STS)."""
     calls: int = 0
     sources_seen: list[Credentials | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -58,6 +69,8 @@ class FakeHop(CredentialProvider):
         self.sources_seen.append(source)
         if self.delay:
             time.sleep(self.delay)
+        if self.hang is not None:
+            self.hang.wait(10)
         if self.fail_with is not None:
             raise type(self.fail_with)(self.fail_with.message)
         expiration = None if self.lifetime == float("inf") else self.clock() + self.lifetime
@@ -72,6 +85,15 @@ def clock() -> FakeClock:
 def make_cache(clock: FakeClock, **kwargs: float) -> CredentialCache:
     timing = RefreshTiming(refresh_before=kwargs.pop("refresh_before", 1200.0), serve_floor=300.0)
     return CredentialCache(timing, clock=clock, jitter=lambda: 0.5, **kwargs)  # type: ignore[arg-type]
+
+
+async def settle(cache: CredentialCache, hop: CredentialProvider) -> None:
+    """Wait (briefly, in real time) for the background fetch of ``hop`` to land."""
+    for _ in range(200):
+        if not cache.in_flight(hop):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{hop.label} still in flight")
 
 
 async def test_fifty_concurrent_cold_requests_share_one_fetch_per_hop(clock: FakeClock) -> None:
@@ -104,6 +126,8 @@ async def test_warm_until_refresh_at_then_refreshed(clock: FakeClock) -> None:
     assert cache.peek(hop) == first
     clock.now += 2
     assert cache.peek(hop) is None
+    assert await cache.get(hop) == first  # due: answered from memory, renewed behind
+    await settle(cache, hop)
     second = await cache.get(hop)
     assert second.access_key_id == "ASIAa2"
     assert second.remaining(clock()) > 1200
@@ -116,6 +140,7 @@ async def test_due_credentials_are_served_while_sts_fails_but_never_past_the_flo
     clock.now += 3000  # due (600 s left), still servable (floor 300 s)
     hop.fail_with = StsUnavailable("down")
     assert await cache.get(hop) == first
+    await settle(cache, hop)
     assert cache.stats(hop).consecutive_failures == 1
     clock.now += 301  # 299 s left: below the floor
     with pytest.raises(StsUnavailable):
@@ -209,9 +234,119 @@ async def test_sessions_shorter_than_refresh_before_are_warned_about_once(
     await cache.get(short)
     clock.now += 451
     await cache.get(short)
+    await settle(cache, short)
     assert short.calls == 2
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("short profile=short")]
     assert len(warnings) == 1
     assert "raise duration_seconds" in warnings[0]
     await cache.get(FakeHop("long", clock))
     assert not any("profile=long" in r.getMessage() and "short" in r.getMessage() for r in caplog.records)
+
+
+class CountingHop(FakeHop):
+    """Reports two HTTP attempts per fetch, as botocore does when it retries once."""
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
+        attempts.add()
+        attempts.add()
+        return self.fetch(source)
+
+
+async def test_a_due_entry_is_served_at_once_while_the_refresh_hangs(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    hop = FakeHop("a", clock)
+    first = await cache.get(hop)
+    clock.now += 3000  # due, 600 s left
+    hop.hang = threading.Event()
+    try:
+        for _ in range(20):  # never waits on the flight, whatever the request rate
+            assert await asyncio.wait_for(cache.get(hop, wait=5), 0.1) == first
+        assert cache.in_flight(hop) and hop.calls == 2  # one refresh, still going
+    finally:
+        hop.hang.set()
+    await settle(cache, hop)
+    assert cache.peek(hop) is not None and cache.peek(hop) != first
+
+
+async def test_a_hanging_hop_does_not_starve_healthy_ones(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    release = threading.Event()
+    hanging = [FakeHop(f"hang{i}", clock, hang=release) for i in range(40)]
+    try:
+        for hop in hanging:
+            with pytest.raises(StsTimeout):
+                await cache.get(hop, wait=0.001)
+        healthy = FakeHop("healthy", clock, delay=0.02)
+        assert (await asyncio.wait_for(cache.get(healthy), 2)).access_key_id == "ASIAhealthy1"
+    finally:
+        release.set()
+    for hop in hanging:
+        await settle(cache, hop)
+
+
+async def test_cold_requests_follow_the_backoff_whatever_their_rate(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    hop = FakeHop("a", clock, fail_with=StsUnavailable("throttled"))
+    errors: list[BrokerError] = []
+    for _ in range(600):  # one request every 100 ms for a minute
+        with pytest.raises(StsUnavailable) as info:
+            await cache.get(hop)
+        errors.append(info.value)
+        clock.now += 0.1
+    # backoff 1, 2, 4, 8, 16, 32 s (jitter pinned to the middle): 6 calls, not 60
+    assert hop.calls == 6
+    assert len({id(e) for e in errors}) == len(errors)  # a fresh copy each time
+    during = errors[-1]
+    assert during.retry_after is not None and 0 < during.retry_after <= 32
+    assert int(during.headers()["Retry-After"]) == math.ceil(during.retry_after)
+
+
+async def test_requests_during_a_sources_backoff_do_not_call_it(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    root = FakeHop("root", clock, fail_with=StsUnavailable("down"))
+    top = FakeHop("top", clock, source=root)
+    for _ in range(20):
+        with pytest.raises(StsUnavailable):
+            await cache.get(top)
+        clock.now += 0.05
+    assert (root.calls, top.calls) == (1, 0)
+
+
+@pytest.mark.parametrize("lifetime", [-60.0, 0.0, 3.0])
+async def test_credentials_issued_expired_are_never_served(clock: FakeClock, lifetime: float) -> None:
+    cache = make_cache(clock)
+    hop = FakeHop("a", clock, lifetime=lifetime)
+    with pytest.raises(UpstreamCredentialsExpired) as info:
+        await cache.get(hop)
+    assert info.value.status == 502 and "too late to serve" in info.value.message
+    assert cache.entry(hop) is None
+    with pytest.raises(UpstreamCredentialsExpired):
+        await cache.get(hop)  # backing off: not asked again at once
+    assert hop.calls == 1
+    clock.now += 1.1
+    hop.lifetime = 3600
+    assert (await cache.get(hop)).access_key_id == "ASIAa2"
+
+
+@pytest.mark.parametrize("error", [ProfileConfigError("loop"), NoSourceCredentials("none")])
+async def test_config_errors_wait_for_a_config_change(clock: FakeClock, error: BrokerError) -> None:
+    cache = make_cache(clock)
+    hop = FakeHop("a", clock, fail_with=error)
+    refresher = Refresher(cache, lambda: [hop])
+    with pytest.raises(type(error)):
+        await cache.get(hop)
+    for _ in range(10):
+        clock.now += 3600
+        assert refresher.tick() == 0
+        with pytest.raises(type(error)):
+            await cache.get(hop)
+    assert hop.calls == 1
+    hop.fail_with = None
+    cache.forget({hop.key})  # a reload
+    assert (await cache.get(hop)).access_key_id == "ASIAa2"
+
+
+async def test_every_upstream_attempt_is_counted(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    await cache.get(CountingHop("a", clock))
+    assert cache.sts_calls() == 2

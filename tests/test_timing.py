@@ -35,3 +35,11 @@ def test_already_expired_credentials_are_due_and_unservable() -> None:
     c = creds(100.0)
     assert timing.refresh_at(200.0, c) <= 200.0
     assert timing.servable_until(200.0, c) <= 200.0
+
+
+def test_credentials_arriving_expired_or_nearly_are_not_fresh_enough() -> None:
+    timing = RefreshTiming(min_fresh=5)
+    assert not timing.fresh_enough(200.0, creds(140.0))
+    assert not timing.fresh_enough(200.0, creds(204.0))
+    assert timing.fresh_enough(200.0, creds(212.0))
+    assert timing.fresh_enough(200.0, creds(None))

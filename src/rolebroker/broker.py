@@ -184,9 +184,23 @@ class Broker:
         self._requests[profile] += 1
         wait = self.settings.request_timeout
         try:
+            try:
+                return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
+            except BrokerError as exc:
+                # A hop failing on its configuration is not called again until the config
+                # changes: an edited file is that change, so look (one stat) and retry once.
+                if not exc.needs_config_change or not await self._reload_if_changed(profile):
+                    raise
+            provider = self.provider(profile)
             return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
         except MfaRequired:
             raise self._mfa_required(profile, provider) from None
+
+    async def _reload_if_changed(self, profile: str) -> bool:
+        catalog = self._catalog
+        if catalog is not None and not await asyncio.to_thread(catalog.changed_on_disk):
+            return False
+        return await self.reload(reason=f"request for {profile}", reread_settings=False)
 
     async def _resolve(self, profile: str) -> CredentialProvider:
         """The provider for ``profile``; a profile added (or a config fixed) since start works
@@ -194,9 +208,7 @@ class Broker:
         try:
             return self.provider(profile)
         except (ProfileNotFound, ConfigFileError):
-            catalog = self._catalog
-            if catalog is None or await asyncio.to_thread(catalog.changed_on_disk):
-                await self.reload(reason=f"request for {profile}", reread_settings=False)
+            await self._reload_if_changed(profile)
             return self.provider(profile)
 
     # -- MFA ---------------------------------------------------------------------------------

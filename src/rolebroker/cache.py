@@ -3,29 +3,35 @@
 Every hop of every chain has its own entry, so ``prod-admin`` chained through ``prod``
 reuses ``prod``'s credentials. Concurrent requests for one hop share one in-flight fetch;
 the fetch is a task of its own, so a client that disconnects or times out does not
-cancel it, and its retry joins the same call.
+cancel it, and its retry joins the same call. A request never waits on a refresh while
+cached credentials may still be served, and never calls upstream during a hop's backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from cachetools import TLRUCache
 
 from rolebroker.credentials import Credentials, format_expiration
-from rolebroker.errors import BrokerError, StsTimeout
-from rolebroker.providers import CredentialProvider
+from rolebroker.errors import BrokerError, StsTimeout, UpstreamCredentialsExpired
+from rolebroker.providers import Attempts, CredentialProvider
 from rolebroker.timing import RefreshTiming
 
 log = logging.getLogger("rolebroker")
 
 Clock = Callable[[], float]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -52,9 +58,28 @@ class HopStats:
     warned_short: bool = False
 
 
-def _copy_error(error: BrokerError) -> BrokerError:
-    """A fresh exception per raise: one instance re-raised by many tasks grows its traceback."""
-    return type(error)(error.message, code=error.code, status=error.status)
+class ThreadPerFlight(Executor):
+    """Runs each fetch on a thread of its own. Single flight bounds the threads by the number
+    of distinct hops in flight, so a hop whose STS hangs never holds a worker that another
+    profile needs (a shared pool fills up with hanging calls and starves healthy ones)."""
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the awaiting task, never lost
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=run, name="rolebroker-fetch", daemon=True).start()
+        return future
 
 
 class CredentialCache:
@@ -65,16 +90,12 @@ class CredentialCache:
         clock: Clock = time.time,
         executor: Executor | None = None,
         maxsize: int = 1024,
-        stale_wait: float = 2.0,
-        retry_pause: float = 1.0,
         max_backoff: float = 60.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.timing = timing
         self._clock = clock
-        self._executor = executor
-        self._stale_wait = stale_wait
-        self._retry_pause = retry_pause
+        self._executor = executor or ThreadPerFlight()
         self._max_backoff = max_backoff
         self._jitter = jitter
         # Entries vanish once they may no longer be served; refresh_at decides renewal.
@@ -109,33 +130,27 @@ class CredentialCache:
         return sum(s.fetches for s in self._stats.values() if s.calls_sts)
 
     async def get(self, provider: CredentialProvider, *, wait: float | None = None) -> Credentials:
-        """Fresh credentials for ``provider``, fetching them (once) if needed.
+        """Credentials for ``provider``, fetching them (once) if needed.
 
-        A due-but-valid entry is refreshed, and served as is if STS fails or is slow.
-        A cold request waits at most ``wait`` seconds, then gets StsTimeout while the
-        fetch goes on for the next attempt.
+        Servable credentials are answered at once, also when due: the refresh starts (or
+        goes on) in the background, so no client ever waits on a slow or hanging STS while
+        the cache can serve it. A cold request joins the flight for at most ``wait``
+        seconds, then gets StsTimeout while the fetch goes on for the next attempt. During
+        a hop's backoff no fetch starts: the request gets the last error at once.
         """
         now = self._clock()
         entry = self._entries.get(provider.key)
-        stats = self.stats(provider)
         if entry is not None:
-            if now < entry.refresh_at:
-                return entry.credentials
-            flight = self._flights.get(provider.key)
-            if flight is None and now >= stats.retry_at:
-                flight = self._start(provider)
-            if flight is None:
-                return self._serve_stale(provider, entry)
-            try:
-                return await asyncio.wait_for(asyncio.shield(flight), self._stale_wait)
-            except (BrokerError, TimeoutError):
-                return self._serve_stale(provider, entry)
-
+            if now >= entry.refresh_at:
+                self.refresh_due(provider)
+                if self.stats(provider).consecutive_failures:
+                    self._warn_stale(provider, entry)
+            return entry.credentials
         flight = self._flights.get(provider.key)
         if flight is None:
-            last_error, failed_at = stats.last_error, stats.last_error_at
-            if last_error is not None and failed_at is not None and now - failed_at < self._retry_pause:
-                raise _copy_error(last_error)  # a burst of retries must not hammer a failing STS
+            stats = self.stats(provider)
+            if stats.last_error is not None and now < stats.retry_at:
+                raise stats.last_error.copy(retry_after=stats.retry_at - now)
             flight = self._start(provider)
         return await self._join(flight, provider, wait, then="retry in a few seconds")
 
@@ -174,7 +189,8 @@ class CredentialCache:
         try:
             return await asyncio.wait_for(asyncio.shield(flight), wait)
         except BrokerError as exc:
-            raise _copy_error(exc) from None
+            own = self.stats(provider).retry_at - self._clock()
+            raise exc.copy(retry_after=max(own, exc.retry_after or 0.0, 0.0)) from None
         except TimeoutError:
             raise StsTimeout(
                 f"STS has not answered yet for {provider.label}; the call goes on in the background, {then}"
@@ -196,6 +212,9 @@ class CredentialCache:
             self._entries.pop(key, None)
         for key in [k for k in self._stats if k not in keep and k not in self._flights]:
             del self._stats[key]
+        for stats in self._stats.values():
+            if stats.retry_at == float("inf"):  # waiting for a config change: this may be it
+                stats.retry_at = 0.0
 
     # -- fetching ----------------------------------------------------------------------
 
@@ -215,22 +234,25 @@ class CredentialCache:
         stats = self.stats(provider)
         source = await self.get(provider.source) if provider.source is not None else None
         loop = asyncio.get_running_loop()
+        attempts = Attempts()
         try:
-            credentials = await loop.run_in_executor(self._executor, provider.fetch, source)
+            credentials = await loop.run_in_executor(self._executor, provider.fetch_counted, source, attempts)
+            now = self._clock()
+            if not self.timing.fresh_enough(now, credentials):
+                raise self._expired(provider, credentials, now)
         except BrokerError as exc:
-            stats.fetches += exc.reached_upstream
+            stats.fetches += exc.reached_upstream if attempts.count is None else attempts.count
             self._failed(provider, stats, exc)
             raise
         except Exception as exc:
-            stats.fetches += 1
+            stats.fetches += 1 if attempts.count is None else attempts.count
             log.exception("unexpected error fetching %s", provider.label)
             error = BrokerError(
                 f"unexpected {type(exc).__name__} while fetching {provider.label}; see the daemon log"
             )
             self._failed(provider, stats, error)
             raise error from None
-        stats.fetches += 1
-        now = self._clock()
+        stats.fetches += 1 if attempts.count is None else attempts.count
         self._entries[provider.key] = CacheEntry(
             credentials,
             issued_at=now,
@@ -250,6 +272,17 @@ class CredentialCache:
             )
             self._warn_if_short(provider, stats, credentials.expiration - now)
         return credentials
+
+    def _expired(
+        self, provider: CredentialProvider, credentials: Credentials, now: float
+    ) -> UpstreamCredentialsExpired:
+        expiration = credentials.expiration or 0.0
+        return UpstreamCredentialsExpired(
+            f"{provider.label} was handed credentials that expire at {format_expiration(expiration)} "
+            f"({credentials.remaining(now):.0f} s from now): too late to serve. Check the clock of this "
+            "machine and the credential source (credential_process output, SSO, STS endpoint); "
+            "retried with backoff"
+        )
 
     def _warn_if_short(self, provider: CredentialProvider, stats: HopStats, lifetime: float) -> None:
         """botocore re-fetches on every call once fewer than 15 min remain: a session that
@@ -274,21 +307,26 @@ class CredentialCache:
         repeat = error.awaits_user and previous is not None and previous.code == error.code
         stats.last_error, stats.last_error_at = error, now
         stats.consecutive_failures += 1
-        # What a retry cannot fix (AccessDenied, bad config) is retried less eagerly.
-        cap = self._max_backoff if error.retryable else self._max_backoff * 5
-        backoff = min(cap, 2.0 ** (stats.consecutive_failures - 1))
-        stats.retry_at = now + backoff * (0.5 + self._jitter())
+        if error.needs_config_change:
+            stats.retry_at = float("inf")  # until a reload or a changed file re-keys the hop
+            retry = "until the AWS config changes"
+        else:
+            # What a retry cannot fix (AccessDenied) is retried less eagerly.
+            cap = self._max_backoff if error.retryable else self._max_backoff * 5
+            backoff = min(cap, 2.0 ** (stats.consecutive_failures - 1))
+            stats.retry_at = now + backoff * (0.5 + self._jitter())
+            retry = f"{stats.retry_at - now:.1f}s"
         log.log(
             logging.DEBUG if repeat else logging.WARNING,
-            "failed profile=%s %s code=%s retry_in=%.1fs: %s",
+            "failed profile=%s %s code=%s retry_in=%s: %s",
             provider.profile,
             _what(provider),
             error.code,
-            stats.retry_at - now,
+            retry,
             error.message,
         )
 
-    def _serve_stale(self, provider: CredentialProvider, entry: CacheEntry) -> Credentials:
+    def _warn_stale(self, provider: CredentialProvider, entry: CacheEntry) -> None:
         if not entry.warned_stale:
             entry.warned_stale = True
             expiration = entry.credentials.expiration or 0.0
@@ -298,7 +336,6 @@ class CredentialCache:
                 _what(provider),
                 format_expiration(entry.servable_until if expiration else 0.0),
             )
-        return entry.credentials
 
 
 def _what(provider: CredentialProvider) -> str:

@@ -3,6 +3,7 @@ that tells the user what to do next. Messages never contain a secret."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 
@@ -17,20 +18,39 @@ class BrokerError(Exception):
     reached_upstream: ClassVar[bool] = True
     """False when the fetch failed before calling STS (no code yet, no SSO login), so the
     attempt is not counted as an STS call in /status."""
+    needs_config_change: ClassVar[bool] = False
+    """True when retrying cannot help until the AWS config changes: the hop is not called
+    again before a reload (or a changed file, which re-keys it)."""
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = " ".join(message.split())  # one line, always
         if code is not None:
             self.code = code  # type: ignore[misc]
         if status is not None:
             self.status = status  # type: ignore[misc]
+        self.retry_after = retry_after
+        """Seconds until the daemon calls upstream again for this hop (its backoff)."""
+
+    def copy(self, *, retry_after: float | None = None) -> BrokerError:
+        """A fresh exception per raise: one instance re-raised by many tasks grows its traceback."""
+        return type(self)(self.message, code=self.code, status=self.status, retry_after=retry_after)
 
     def to_json(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
 
     def headers(self) -> dict[str, str]:
-        return {}
+        """A 503 says when a retry can get a different answer: not before the hop's backoff ends."""
+        if self.status != 503:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after or 1)))}
 
 
 class ProfileNotFound(BrokerError):
@@ -43,16 +63,19 @@ class ProfileConfigError(BrokerError):
 
     status = 400
     code = "InvalidProfile"
+    needs_config_change = True
 
 
 class ConfigFileError(BrokerError):
     status = 400
     code = "ConfigFileError"
+    needs_config_change = True
 
 
 class NoSourceCredentials(BrokerError):
     status = 400
     code = "NoSourceCredentials"
+    needs_config_change = True
 
 
 class StsRefused(BrokerError):
@@ -102,16 +125,40 @@ class CredentialSourceFailed(BrokerError):
     code = "CredentialSourceFailed"
 
 
+class StsInvalidRequest(StsRefused):
+    """STS found the request itself invalid (ValidationError: e.g. a duration the role does
+    not allow): only a change to the profile can fix it."""
+
+    status = 400
+    code = "InvalidRequest"
+    needs_config_change = True
+
+
 class StsUnavailable(BrokerError):
     status = 503
     code = "StsUnavailable"
     retryable = True
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
-
 
 class StsTimeout(BrokerError):
     status = 504
     code = "StsTimeout"
+    retryable = True
+
+
+class StsBadResponse(BrokerError):
+    """STS (or something posing as it) answered with something unreadable: malformed XML, an
+    empty body, missing fields. Often a proxy or a broken endpoint; a retry may fix it."""
+
+    status = 502
+    code = "StsBadResponse"
+    retryable = True
+
+
+class UpstreamCredentialsExpired(BrokerError):
+    """STS, credential_process or SSO handed out credentials that are already expired or
+    about to: they are never served, and the hop is retried with backoff."""
+
+    status = 502
+    code = "UpstreamCredentialsExpired"
     retryable = True

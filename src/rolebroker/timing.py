@@ -19,6 +19,14 @@ class RefreshTiming:
     serve_floor: float = 300.0
     """Never serve credentials with less than this left (capped at a quarter of the lifetime)."""
 
+    min_fresh: float = 5.0
+    """Credentials that arrive with less than this left are refused, not served: a client
+    could not even use them once (a broken credential_process, a skewed clock, a proxy)."""
+
+    def fresh_enough(self, now: float, credentials: Credentials) -> bool:
+        """Whether credentials just obtained upstream may be cached and served at all."""
+        return credentials.expiration is None or credentials.expiration - now > self.min_fresh
+
     def refresh_at(self, issued_at: float, credentials: Credentials) -> float:
         """Sessions no longer than ``refresh_before`` refresh at half life, so STS is never
         called in a loop."""

@@ -1,5 +1,15 @@
 """A small HTTP proxy in front of moto that lets tests count, slow down, break and
-shorten STS: the same botocore requests, the same moto answers, with faults on demand."""
+shorten STS: the same botocore requests, the same moto answers, with faults on demand.
+
+Modes (``set(mode=...)``):
+  ok           forward to moto
+  unavailable  503 ServiceUnavailable XML          deny       403 AccessDenied XML
+  throttle     400 Throttling XML                  reset      close the connection
+  hang         accept, answer nothing until ``release()`` (then forward)
+  echo         400 error whose message echoes the Authorization and security-token headers
+  malformed    200 with broken XML                 empty      200 with an empty body
+``delay`` sleeps before answering; ``expires_in`` rewrites Expiration to now + N s (N may
+be negative: already expired)."""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,10 +39,11 @@ class StsCall:
 @dataclass
 class ProxyState:
     delay: float = 0.0
-    mode: str = "ok"  # ok | unavailable (503 XML) | deny (403 AccessDenied) | reset (close connection)
+    mode: str = "ok"
     expires_in: int | None = None  # rewrite Expiration to now + N seconds
     calls: list[StsCall] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 class StsProxy:
@@ -47,9 +59,17 @@ class StsProxy:
     # -- knobs ---------------------------------------------------------------------------
 
     def reset(self) -> None:
+        self.release()
         with self.state.lock:
             self.state.delay, self.state.mode, self.state.expires_in = 0.0, "ok", None
             self.state.calls.clear()
+
+    def release(self) -> None:
+        """Let every hanging request go on (to moto) and leave hang mode."""
+        with self.state.lock:
+            if self.state.mode == "hang":
+                self.state.mode = "ok"
+            self.state.released.set()
 
     def set(
         self, *, delay: float | None = None, mode: str | None = None, expires_in: int | str | None = "keep"
@@ -59,6 +79,8 @@ class StsProxy:
                 self.state.delay = delay
             if mode is not None:
                 self.state.mode = mode
+                if mode == "hang":
+                    self.state.released = threading.Event()
             if expires_in != "keep":
                 self.state.expires_in = expires_in  # type: ignore[assignment]
 
@@ -81,6 +103,7 @@ class StsProxy:
         threading.Thread(target=server.serve_forever, name="sts-proxy", daemon=True).start()
 
     def stop(self) -> None:
+        self.state.released.set()  # no handler thread outlives the proxy
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -106,24 +129,20 @@ def _make_handler(upstream: tuple[str, int], state: ProxyState) -> type[BaseHTTP
             params = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
             with state.lock:
                 delay, mode, expires_in = state.delay, state.mode, state.expires_in
+                released = state.released
                 state.calls.append(StsCall(params.get("Action", "?"), params, time.time()))
             if delay:
                 time.sleep(delay)
+            if mode == "hang":
+                released.wait(120)
+                mode = "ok"
             if mode == "reset":
                 self.close_connection = True
                 self.connection.close()
                 return
-            if mode in ("unavailable", "deny"):
-                status, code, msg = (
-                    (503, "ServiceUnavailable", "Service is unavailable")
-                    if mode == "unavailable"
-                    else (403, "AccessDenied", "User is not authorized to perform: sts:AssumeRole")
-                )
-                error = (
-                    f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
-                    f"<Code>{code}</Code><Message>{msg}</Message></Error><RequestId>x</RequestId></ErrorResponse>"
-                ).encode()
-                self._reply(status, {"Content-Type": "text/xml"}, error)
+            canned = self._canned(mode)
+            if canned is not None:
+                self._reply(canned[0], {"Content-Type": "text/xml"}, canned[1])
                 return
             connection = http.client.HTTPConnection(*upstream, timeout=30)
             headers = {
@@ -140,6 +159,32 @@ def _make_handler(upstream: tuple[str, int], state: ProxyState) -> type[BaseHTTP
             }
             connection.close()
             self._reply(response.status, keep, payload)
+
+        def _canned(self, mode: str) -> tuple[int, bytes] | None:
+            errors = {
+                "unavailable": (503, "ServiceUnavailable", "Service is unavailable"),
+                "deny": (403, "AccessDenied", "User is not authorized to perform: sts:AssumeRole"),
+                "throttle": (400, "Throttling", "Rate exceeded"),
+                "echo": (
+                    400,
+                    "InvalidRequest",
+                    f"Bad request: Authorization={self.headers.get('Authorization', '')} "
+                    f"X-Amz-Security-Token: {self.headers.get('X-Amz-Security-Token', '')} "
+                    f"token {self.headers.get('X-Amz-Security-Token', '')}",
+                ),
+            }
+            if mode in errors:
+                status, code, message = errors[mode]
+                return status, (
+                    f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                    f"<Code>{code}</Code><Message>{escape(message)}</Message></Error>"
+                    "<RequestId>x</RequestId></ErrorResponse>"
+                ).encode()
+            if mode == "malformed":
+                return 200, b"<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>"
+            if mode == "empty":
+                return 200, b""
+            return None
 
         def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
             self.send_response(status)

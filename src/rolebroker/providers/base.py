@@ -9,6 +9,20 @@ from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError
 
 
+class Attempts:
+    """The HTTP requests one fetch really sent upstream, botocore's own retries included,
+    so /status counts every call that reached STS. ``None``: the provider does not count."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count: int | None = None
+
+    def add(self, **_event: object) -> None:
+        """Also a botocore event handler (``before-send``): one call per HTTP attempt."""
+        self.count = (self.count or 0) + 1
+
+
 class CredentialProvider(ABC):
     """One hop of a credential chain.
 
@@ -34,6 +48,11 @@ class CredentialProvider(ABC):
     @abstractmethod
     def fetch(self, source: Credentials | None) -> Credentials:
         """Blocking: runs in a worker thread. Raises BrokerError subclasses."""
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
+        """``fetch``, recording its upstream HTTP attempts; what the cache calls. Providers
+        that call STS override it; others leave ``attempts`` untouched."""
+        return self.fetch(source)
 
     def chained_key(self, own: str) -> str:
         """A hop's key includes its source's, so changing a root re-keys the whole chain."""

@@ -14,7 +14,8 @@ import botocore.exceptions
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, MfaCodeRejected, MfaRequired, ProfileConfigError
-from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.base import Attempts, CredentialProvider
+from rolebroker.providers.redact import redact
 from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 DEFAULT_MFA_SESSION_SECONDS = 12 * 3600
@@ -62,6 +63,9 @@ class MfaSession(CredentialProvider):
         return dataclasses.replace(self, code=code)
 
     def fetch(self, source: Credentials | None) -> Credentials:
+        return self.fetch_counted(source, Attempts())
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
         source = self.require_source(source)
         if source.is_temporary:
             raise ProfileConfigError(
@@ -75,27 +79,28 @@ class MfaSession(CredentialProvider):
                 f"an MFA code for {self.mfa_serial} is needed; run: rolebroker mfa "
                 f"{self.unlock_profile or self.profile}"
             )
-        client = self.sts.client(self.profile, source)
+        client = self.sts.client(self.profile, source, attempts)
+        endpoint = str(client.meta.endpoint_url)
         try:
             response = client.get_session_token(
                 DurationSeconds=self.duration_seconds, SerialNumber=self.mfa_serial, TokenCode=self.code
             )
         except Exception as exc:
-            raise self._translate(exc) from None
-        return issued_credentials(response)
+            raise self._translate(exc, endpoint) from None
+        return issued_credentials(response, endpoint=endpoint)
 
-    def _translate(self, exc: Exception) -> BrokerError:
+    def _translate(self, exc: Exception, endpoint: str) -> BrokerError:
         unlock = f"run: rolebroker mfa {self.unlock_profile or self.profile}"
         if isinstance(exc, botocore.exceptions.ClientError):
             sts_error = exc.response.get("Error", {})
             if sts_error.get("Code") == "AccessDenied":
-                said = self._scrub(str(sts_error.get("Message", "")).strip()) or "AccessDenied"
+                said = self._scrub(redact(str(sts_error.get("Message", "")).strip())) or "AccessDenied"
                 return MfaCodeRejected(
                     f"STS rejected the MFA code for {self.mfa_serial} ({said}). Codes are single-use "
                     f"and change every 30 s; {unlock}"
                 )
         error = translate_sts_error(
-            exc, action="GetSessionToken", profile=self.profile, target=self.mfa_serial
+            exc, action="GetSessionToken", profile=self.profile, target=self.mfa_serial, endpoint=endpoint
         )
         return type(error)(self._scrub(error.message), code=error.code, status=error.status)
 

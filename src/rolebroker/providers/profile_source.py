@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import botocore.exceptions
 import botocore.session
+from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import (
@@ -15,8 +16,10 @@ from rolebroker.errors import (
     NoSourceCredentials,
     ProfileConfigError,
     SsoLoginRequired,
+    UpstreamCredentialsExpired,
 )
 from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.redact import redact
 
 _SSO_ERRORS: tuple[type[Exception], ...] = tuple(
     getattr(botocore.exceptions, name)
@@ -62,10 +65,17 @@ class ProfileSource(CredentialProvider):
                     "aws_secret_access_key, credential_process or SSO settings, or a role_arn with a "
                     "source_profile"
                 )
-            frozen = resolved.get_frozen_credentials()
+            frozen = _frozen(resolved)
             expiry = _expiry_of(resolved)
         except BrokerError:
             raise
+        except RuntimeError as exc:
+            if "expired" not in str(exc):  # botocore: "refreshed credentials are still expired"
+                raise
+            raise UpstreamCredentialsExpired(
+                f"the credential source of profile {self.profile!r} keeps returning expired credentials "
+                f"({redact(str(exc))}); run it by hand (credential_process) or log in again (SSO)"
+            ) from None
         except _SSO_ERRORS as exc:
             hint = self.sso_login_hint or f"aws sso login --profile {self.profile}"
             raise SsoLoginRequired(
@@ -76,11 +86,12 @@ class ProfileSource(CredentialProvider):
             raise ProfileConfigError(f"profile {self.profile!r} no longer exists in the AWS config") from None
         except botocore.exceptions.CredentialRetrievalError as exc:
             raise CredentialSourceFailed(
-                f"the credential source of profile {self.profile!r} failed: {exc}; run it by hand to see why"
+                f"the credential source of profile {self.profile!r} failed: {redact(str(exc))}; "
+                "run it by hand to see why"
             ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise ProfileConfigError(
-                f"cannot load the credentials of profile {self.profile!r}: {exc}"
+                f"cannot load the credentials of profile {self.profile!r}: {redact(str(exc))}"
             ) from None
         if not frozen.access_key or not frozen.secret_key:
             raise NoSourceCredentials(f"profile {self.profile!r} resolved to incomplete credentials")
@@ -90,6 +101,18 @@ class ProfileSource(CredentialProvider):
             session_token=frozen.token or None,
             expiration=expiry,
         )
+
+
+def _frozen(resolved: Any) -> ReadOnlyCredentials:
+    """What botocore resolved, as it is. Asking refreshable credentials (credential_process)
+    for a frozen copy would run the process again when fewer than 15 min remain, and fail
+    with a bare RuntimeError when they are expired: the cache judges their expiry itself."""
+    if isinstance(resolved, RefreshableCredentials) and getattr(resolved, "_expiry_time", None) is not None:
+        kept = getattr(resolved, "_frozen_credentials", None)
+        if isinstance(kept, ReadOnlyCredentials):
+            return kept
+    frozen: ReadOnlyCredentials = resolved.get_frozen_credentials()
+    return frozen
 
 
 def _expiry_of(resolved: Any) -> float | None:

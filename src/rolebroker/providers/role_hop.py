@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials, account_from_arn
-from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.base import Attempts, CredentialProvider
 from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 log = logging.getLogger("rolebroker")
@@ -37,6 +37,9 @@ class RoleHop(CredentialProvider):
         return f"role {self.role_arn} of profile {self.profile}"
 
     def fetch(self, source: Credentials | None) -> Credentials:
+        return self.fetch_counted(source, Attempts())
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
         source = self.require_source(source)
         params: dict[str, object] = {"RoleArn": self.role_arn, "RoleSessionName": self.session_name}
         if self.external_id:
@@ -52,13 +55,15 @@ class RoleHop(CredentialProvider):
             duration = CHAINED_ROLE_MAX_SECONDS
         if duration is not None:
             params["DurationSeconds"] = duration
-        client = self.sts.client(self.profile, source)
+        client = self.sts.client(self.profile, source, attempts)
+        endpoint = str(client.meta.endpoint_url)
         try:
             response = client.assume_role(**params)
         except Exception as exc:
             raise translate_sts_error(
-                exc, action="AssumeRole", profile=self.profile, target=self.role_arn
+                exc, action="AssumeRole", profile=self.profile, target=self.role_arn, endpoint=endpoint
             ) from None
-        assumed_arn = response.get("AssumedRoleUser", {}).get("Arn")
+        assumed = response.get("AssumedRoleUser") if isinstance(response, dict) else None
+        assumed_arn = assumed.get("Arn") if isinstance(assumed, dict) else None
         account_id = account_from_arn(assumed_arn) or account_from_arn(self.role_arn)
-        return issued_credentials(response, account_id=account_id, role_arn=self.role_arn)
+        return issued_credentials(response, endpoint=endpoint, account_id=account_id, role_arn=self.role_arn)

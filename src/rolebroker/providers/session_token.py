@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials
-from rolebroker.providers.base import CredentialProvider
+from rolebroker.providers.base import Attempts, CredentialProvider
 from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
 
 UNKNOWN_EXPIRY_SECONDS = 3600
@@ -33,6 +33,9 @@ class SessionTokenHop(CredentialProvider):
         return f"session of profile {self.profile}"
 
     def fetch(self, source: Credentials | None) -> Credentials:
+        return self.fetch_counted(source, Attempts())
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
         source = self.require_source(source)
         if source.is_temporary:
             if source.expiration is not None:
@@ -45,7 +48,8 @@ class SessionTokenHop(CredentialProvider):
                 account_id=source.account_id,
                 role_arn=source.role_arn,
             )
-        client = self.sts.client(self.profile, source)
+        client = self.sts.client(self.profile, source, attempts)
+        endpoint = str(client.meta.endpoint_url)
         params: dict[str, object] = {}
         if self.duration_seconds:
             params["DurationSeconds"] = self.duration_seconds
@@ -53,6 +57,10 @@ class SessionTokenHop(CredentialProvider):
             response = client.get_session_token(**params)
         except Exception as exc:
             raise translate_sts_error(
-                exc, action="GetSessionToken", profile=self.profile, target="long-term keys"
+                exc,
+                action="GetSessionToken",
+                profile=self.profile,
+                target="long-term keys",
+                endpoint=endpoint,
             ) from None
-        return issued_credentials(response)
+        return issued_credentials(response, endpoint=endpoint)
