@@ -13,6 +13,7 @@ import pytest
 from rolebroker.cache import CredentialCache
 from rolebroker.credentials import Credentials
 from rolebroker.errors import (
+    MAX_RETRY_AFTER,
     BrokerError,
     NoSourceCredentials,
     ProfileConfigError,
@@ -298,7 +299,8 @@ async def test_cold_requests_follow_the_backoff_whatever_their_rate(clock: FakeC
     assert len({id(e) for e in errors}) == len(errors)  # a fresh copy each time
     during = errors[-1]
     assert during.retry_after is not None and 0 < during.retry_after <= 32
-    assert int(during.headers()["Retry-After"]) == math.ceil(during.retry_after)
+    # Clients are told the backoff, but never to sleep for more than MAX_RETRY_AFTER.
+    assert int(during.headers()["Retry-After"]) == min(math.ceil(during.retry_after), MAX_RETRY_AFTER)
 
 
 async def test_requests_during_a_sources_backoff_do_not_call_it(clock: FakeClock) -> None:

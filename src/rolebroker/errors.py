@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+MAX_RETRY_AFTER = 2
+"""Seconds: the longest Retry-After a client is told (see ``BrokerError.headers``)."""
+
 
 class BrokerError(Exception):
     """Base class: 4xx means the user must act, 5xx means a retry can help."""
@@ -47,10 +50,14 @@ class BrokerError(Exception):
         return {"code": self.code, "message": self.message}
 
     def headers(self) -> dict[str, str]:
-        """A 503 says when a retry can get a different answer: not before the hop's backoff ends."""
+        """A 503 says when a retry could get a different answer, capped: aws-sdk-js v2 sleeps
+        for Retry-After between its 4 attempts, and a client that is told to wait a minute
+        hangs for minutes, while a retry during the backoff costs STS nothing (it is answered
+        from the last error)."""
         if self.status != 503:
             return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after or 1)))}
+        wait = math.ceil(self.retry_after or 1)
+        return {"Retry-After": str(min(max(1, wait), MAX_RETRY_AFTER))}
 
 
 class ProfileNotFound(BrokerError):
