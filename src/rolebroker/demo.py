@@ -70,8 +70,8 @@ def run(settings: Settings) -> None:
         raise click.ClickException(
             "the demo needs moto, which is not installed: pip install 'rolebroker[demo]'"
         ) from None
+    from rolebroker.daemon import run_daemon
     from rolebroker.logs import configure_logging
-    from rolebroker.main import run_daemon
 
     _require_free_port(settings.port)
     configure_logging(settings.log_level)

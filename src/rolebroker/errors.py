@@ -115,3 +115,17 @@ class StsTimeout(BrokerError):
     status = 504
     code = "StsTimeout"
     retryable = True
+
+
+class InvalidNonce(BrokerError):
+    """A listener-proof request without a well-formed nonce."""
+
+    status = 400
+    code = "InvalidNonce"
+
+
+class TokenRotateFailed(BrokerError):
+    """The new token could not be written, so the old one stays in force."""
+
+    status = 500
+    code = "TokenRotateFailed"
