@@ -49,7 +49,15 @@ class NotRunning(DaemonUnreachable):
 
 
 class ListenerNotProven(DaemonUnreachable):
-    """The listener could not prove it knows the token: the token was not sent to it."""
+    """The listener could not prove it knows the token: the token was not sent to it.
+    ``detail`` says who holds the port, as far as this machine shows it."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(
+            f"the process listening on {where} is not rolebroker (it could not prove it knows the token)",
+            f"another user may be squatting the port: see `rolebroker doctor`{detail}",
+        )
+        self.detail = detail
 
 
 class TokenUnavailable(ClientError):
@@ -279,10 +287,7 @@ class DaemonClient:
                 " (it runs as your own user: if it is a rolebroker started with another token file, "
                 "pass that file with --token-file)"
             )
-        return ListenerNotProven(
-            f"the process listening on {where} is not rolebroker (it could not prove it knows the token)",
-            f"another user may be squatting the port: see `rolebroker doctor`{detail}",
-        )
+        return ListenerNotProven(where, detail)
 
 
 def creds_path(profile: str) -> str:

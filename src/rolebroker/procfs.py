@@ -124,7 +124,11 @@ def command_of(pid: int, proc: Path = PROC) -> str:
         argv = (proc / str(pid) / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(a.decode("utf-8", "replace") for a in argv if a)
+    # One line, printable only: a command line is chosen by its owner, who may be hostile.
+    text = " ".join(
+        "".join(c if c.isprintable() else " " for c in a.decode("utf-8", "replace")) for a in argv
+    )
+    text = " ".join(text.split())
     return text if len(text) <= 120 else text[:117] + "..."
 
 
