@@ -543,3 +543,22 @@ def test_discovery_file_is_ignored_when_not_trustworthy(tmp_path: Path) -> None:
     assert path.exists()
     discovery.remove(path, os.getpid())
     assert not path.exists()
+
+
+def test_self_bound_listeners_hold_both_families_as_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both loopback families on one port, and proto IPPROTO_TCP: asyncio sets TCP_NODELAY on
+    accepted connections only then (without it a keep-alive request waited ~40 ms)."""
+    from rolebroker.listeners import open_listeners
+
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    listeners = open_listeners("127.0.0.1", 0)
+    try:
+        hosts = [host for host, _port in listeners.addresses]
+        assert hosts == (["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"])
+        assert len({port for _host, port in listeners.addresses}) == 1
+        assert all(sock.proto == socket.IPPROTO_TCP for sock in listeners.sockets)
+        assert not listeners.activated
+    finally:
+        for sock in listeners.sockets:
+            sock.close()

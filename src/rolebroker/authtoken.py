@@ -13,6 +13,7 @@ import ipaddress
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 
 PROOF_LABEL = b"rolebroker listener proof v1\x00"
@@ -98,6 +99,7 @@ class TokenStore:
     def __init__(self, token: str, path: Path) -> None:
         self._token = token
         self.path = path
+        self._rotating = threading.Lock()
 
     @property
     def current(self) -> str:
@@ -109,9 +111,10 @@ class TokenStore:
     def rotate(self) -> None:
         """Write the new token first: if the file cannot be written, the old one stays valid
         (clients read the file, so memory and file must never disagree)."""
-        token = new_token()
-        write_token(self.path, token)
-        self._token = token
+        with self._rotating:  # two rotations at once must leave file and memory agreeing
+            token = new_token()
+            write_token(self.path, token)
+            self._token = token
 
 
 # -- listener proof --------------------------------------------------------------------------

@@ -113,7 +113,9 @@ def _bind_or_explain(host: str, port: int) -> socket.socket | None:
     ListenError with the holder when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listener's proto says TCP; with proto 0 a keep-alive request waits ~40 ms (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
         if exc.errno in _NO_ADDRESS:
             return None
