@@ -562,3 +562,13 @@ def test_self_bound_listeners_hold_both_families_as_tcp(monkeypatch: pytest.Monk
     finally:
         for sock in listeners.sockets:
             sock.close()
+
+
+def test_doctor_names_the_daemons_token_file_on_a_mismatch(daemon: Daemon, tmp_path: Path) -> None:
+    other = tmp_path / "other-token"
+    other.write_text("y" * 43)
+    result = run_cli("doctor", "--token-file", str(other), env=cli_env(daemon))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"token file {daemon.home.token_file}" in result.stdout, result.stdout
+    assert not daemon.leaked(result.stdout + result.stderr)

@@ -26,6 +26,7 @@ from rolebroker.client import (
     DaemonUnreachable,
     ListenerNotProven,
     Reply,
+    TokenUnavailable,
     creds_path,
     error_of,
 )
@@ -446,6 +447,14 @@ def _get(ctx: _Context, path: str, token: str, *, timeout: float = 10.0) -> Repl
             f"stop that process{exc.detail} (ss -ltnp shows it), or run rolebroker on another port "
             "(--port, ROLEBROKER_PORT, port in config.toml); socket activation (rolebroker.socket) keeps "
             "the port held while the daemon is stopped",
+        )
+        ctx.reachable = False
+        return None
+    except TokenUnavailable as exc:
+        ctx.problem(
+            str(exc),
+            "without the daemon's token this CLI and every client are refused",
+            "pass the daemon's token file with --token-file or ROLEBROKER_TOKEN_FILE",
         )
         ctx.reachable = False
         return None
