@@ -285,7 +285,7 @@ class DaemonClient:
         elif holders:
             detail = (
                 " (it runs as your own user: if it is a rolebroker started with another token file, "
-                "pass that file with --token-file)"
+                "pass that file with --token-file; an older rolebroker without the proof: restart it)"
             )
         return ListenerNotProven(where, detail)
 
