@@ -286,6 +286,12 @@ def test_token_rotate_without_a_daemon_rewrites_the_file(tmp_path: Path) -> None
     assert new.decode() != old and new.strip() == new and len(new) >= 43
     assert stat.S_IMODE(home.token_file.stat().st_mode) == 0o600
 
+    home.token_file.unlink()  # never ran at all: the file is created
+    again = run_cli("token", "--rotate", env={**home.env(), "ROLEBROKER_PORT": str(free_port())})
+    assert again.returncode == 0, again.stderr
+    assert len(home.token_file.read_bytes()) >= 43
+    assert stat.S_IMODE(home.token_file.stat().st_mode) == 0o600
+
 
 # -- the proof is bound to the address the client dialled ---------------------------------------
 

@@ -303,17 +303,14 @@ def token_command(rotate: bool, port: int | None, token_file: Path | None) -> No
 
 
 def _rotate_token(settings: Settings) -> None:
-    try:
-        old: str | None = read_token(settings.token_file)
-    except FileNotFoundError:
-        old = None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"cannot read the token file {settings.token_file}: {exc}") from None
+    """Through the daemon when one answers (after its proof); else rewrite the file, which
+    a daemon started later reads."""
+    client = DaemonClient(settings)
+    old: str | None = None
     with reported():
         try:
-            if old is None:
-                raise NotRunning("no token file", "")
-            DaemonClient(settings).rotate_token()
+            old = client.token()  # no file: asks /healthz first, which starts a socket-activated daemon
+            client.rotate_token()
             where = f"the daemon on 127.0.0.1:{settings.port} rotated the token"
         except NotRunning:
             try:
