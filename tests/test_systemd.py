@@ -395,32 +395,64 @@ def test_listen_sockets_refuses_descriptors_that_are_not_sockets() -> None:
 # --- the daemon itself under socket activation ---------------------------------------------
 
 
+def loopback_hosts() -> list[str]:
+    """The addresses rolebroker.socket listens on, as far as this machine has them."""
+    return ["127.0.0.1", "::1"] if ipv6_loopback_available() else ["127.0.0.1"]
+
+
+def http_get(host: str, port: int, path: str, proc: ManagedProcess) -> bytes:
+    with connect_when_listening(host, port, proc) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    return response
+
+
 @contextlib.contextmanager
-def activated_daemon(workdir: Path) -> Iterator[tuple[ManagedProcess, socket.socket]]:
-    """``rolebroker serve`` as systemd runs it: socket passed on fd 3, NOTIFY_SOCKET bound
-    by the test. Yields once the daemon answered /healthz on the passed socket."""
+def activated_daemon(
+    workdir: Path, hosts: list[str] | None = None
+) -> Iterator[tuple[ManagedProcess, socket.socket]]:
+    """``rolebroker serve`` as systemd runs it: the sockets of rolebroker.socket (127.0.0.1
+    and [::1] on one port) passed on fd 3 and 4, NOTIFY_SOCKET bound by the test. Yields once
+    the daemon answered /healthz on every passed socket."""
     from tests.support.daemon import AwsHome
 
     home = AwsHome(workdir / "home")
     home.write()
     notify_path = workdir / "notify"
     port = free_port()
+    hosts = loopback_hosts() if hosts is None else hosts
+    listen = [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
     env_args = [f"-E{name}={value}" for name, value in home.env().items() if name != "PATH"]
     env_args.append(f"-ENOTIFY_SOCKET={notify_path}")
     with datagram_listener(str(notify_path)) as receiver:
-        proc = start_activated(
-            [f"127.0.0.1:{port}"], [sys.executable, "-m", "rolebroker", "serve"], extra=env_args
-        )
+        proc = start_activated(listen, [sys.executable, "-m", "rolebroker", "serve"], extra=env_args)
         try:
-            with connect_when_listening("127.0.0.1", port, proc) as conn:
-                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                response = b""
-                while chunk := conn.recv(65536):
-                    response += chunk
-            assert response.startswith(b"HTTP/1.1 200"), response
+            for host in hosts:
+                response = http_get(host, port, "/healthz", proc)
+                assert response.startswith(b"HTTP/1.1 200"), (host, response)
             yield proc, receiver
         finally:
             proc.cleanup()
+
+
+@linux_only
+def test_daemon_serves_both_passed_loopback_sockets_and_proves_each_address(short_dir: Path) -> None:
+    """Both sockets of rolebroker.socket are served, and each proof names the address the
+    connection arrived on (what the CLI checks against the address it dialled)."""
+    from rolebroker.authtoken import listener_proof, read_token
+
+    with activated_daemon(short_dir) as (proc, receiver):
+        assert receiver.recv(65536).startswith(b"READY=1"), proc.output()
+        token = read_token(short_dir / "home" / "run" / "rolebroker" / "token")
+        port = int(proc.argv[2].rsplit(":", 1)[1])
+        nonce = bytes(range(32))
+        for host in loopback_hosts():
+            response = http_get(host, port, f"/proof?nonce={nonce.hex()}", proc)
+            body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+            assert body == {"proof": listener_proof(token, nonce, host, port)}, host
+        assert "passed by the service manager" in proc.output()
 
 
 @linux_only
@@ -527,7 +559,11 @@ def test_units_keep_their_contract() -> None:
     assert ("Service", "SyslogIdentifier", "rolebroker") in service
     assert ("Service", "UMask", "0077") in service
 
-    assert ("Socket", "ListenStream", "127.0.0.1:9911") in unit_entries(UNITS / "rolebroker.socket")
+    assert ("Service", "RestartPreventExitStatus", "2 78") in service  # 78: port held by someone else
+
+    socket_unit = unit_entries(UNITS / "rolebroker.socket")
+    assert [v for _s, k, v in socket_unit if k == "ListenStream"] == ["127.0.0.1:9911", "[::1]:9911"]
+    assert ("Socket", "BindIPv6Only", "ipv6-only") in socket_unit
 
     http_socket = unit_entries(UNITS / "rolebroker-http.socket")
     assert [v for s, k, v in http_socket if k == "ListenStream"] == ["127.0.0.1:80"]
@@ -560,3 +596,20 @@ def test_launchd_plist_loads_with_the_expected_keys() -> None:
     assert agent["StandardOutPath"] == agent["StandardErrorPath"] == f"{home}/Library/Logs/rolebroker.log"
     assert agent["Umask"] == 0o077
     assert all(p.startswith("/") for p in agent["EnvironmentVariables"]["PATH"].split(":"))
+    # launchd holds both loopback families on the port; the daemon asks for "Listeners".
+    listeners = agent["Sockets"]["Listeners"]
+    assert [(s["SockNodeName"], s["SockServiceName"], s["SockFamily"]) for s in listeners] == [
+        ("127.0.0.1", "9911", "IPv4"),
+        ("::1", "9911", "IPv6"),
+    ]
+
+
+@linux_only
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
+def test_daemon_given_only_127_0_0_1_holds_the_ipv6_loopback_itself(short_dir: Path) -> None:
+    """An older socket unit with one ListenStream: the daemon binds [::1] on the same port, so
+    no other user can answer clients that resolve localhost to ::1."""
+    with activated_daemon(short_dir, hosts=["127.0.0.1"]) as (proc, receiver):
+        assert receiver.recv(65536).startswith(b"READY=1"), proc.output()
+        port = int(proc.argv[2].rsplit(":", 1)[1])
+        assert http_get("::1", port, "/healthz", proc).startswith(b"HTTP/1.1 200")

@@ -1,16 +1,34 @@
-"""The shared secret clients send as ``Authorization``."""
+"""The shared secret clients send as ``Authorization``, and the proof that a listener knows it.
+
+The proof exists because any local user can bind a free loopback port: before the CLI sends
+the token anywhere, the listener must show that it knows the token without the CLI revealing
+it (a keyed hash of a fresh nonce and of the address the connection arrived on).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
+
+PROOF_LABEL = b"rolebroker listener proof v1\x00"
+"""Domain separation: a proof can never be mistaken for any other use of the token."""
+NONCE_BYTES = 32
+NONCE_HEX_CHARS = 2 * NONCE_BYTES
 
 
 class TokenFileError(OSError):
     pass
+
+
+def new_token() -> str:
+    """32 random bytes, url-safe base64: no newline or space a client could choke on."""
+    return secrets.token_urlsafe(32)
 
 
 def load_or_create_token(path: Path) -> str:
@@ -24,10 +42,27 @@ def load_or_create_token(path: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return _read_existing(path)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(token)
     return token
+
+
+def write_token(path: Path, token: str) -> None:
+    """Replace the token file atomically (a reader sees the old or the new token, never a
+    half-written one), 0600, no trailing newline."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(token)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _read_existing(path: Path) -> str:
@@ -56,3 +91,72 @@ def token_matches(expected: str, presented: str | None) -> bool:
     if presented is None:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode("latin-1", "replace"))
+
+
+class TokenStore:
+    """The daemon's current token; ``rotate`` replaces it for every later request at once."""
+
+    def __init__(self, token: str, path: Path) -> None:
+        self._token = token
+        self.path = path
+        self._rotating = threading.Lock()
+
+    @property
+    def current(self) -> str:
+        return self._token
+
+    def matches(self, presented: str | None) -> bool:
+        return token_matches(self._token, presented)
+
+    def rotate(self) -> None:
+        """Write the new token first: if the file cannot be written, the old one stays valid
+        (clients read the file, so memory and file must never disagree)."""
+        with self._rotating:  # two rotations at once must leave file and memory agreeing
+            token = new_token()
+            write_token(self.path, token)
+            self._token = token
+
+
+# -- listener proof --------------------------------------------------------------------------
+
+
+def canonical_address(host: str, port: int) -> bytes:
+    """``host:port`` as both ends spell it: brackets and zone dropped, IPv4-mapped IPv6 as
+    IPv4, IPv6 compressed (``::1``)."""
+    name = host.strip("[]").split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return f"{name.lower()}:{port}".encode()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"{ip}:{port}".encode()
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def parse_nonce(text: str | None) -> bytes | None:
+    """The nonce of a proof request: exactly 64 lowercase hex digits, else None."""
+    if text is None or len(text) != NONCE_HEX_CHARS or text.strip("0123456789abcdef"):
+        return None
+    return bytes.fromhex(text)
+
+
+def listener_proof(token: str, nonce: bytes, host: str, port: int) -> str:
+    """HMAC-SHA256(token, label + nonce + listener address), hex. Binding the listener's own
+    address makes a relayed answer useless: a squatter on port A that forwards the nonce to
+    the real daemon on port B gets a proof for B."""
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a proof nonce is {NONCE_BYTES} bytes")
+    message = PROOF_LABEL + nonce + canonical_address(host, port)
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def proof_is_valid(token: str, nonce: bytes, host: str, port: int, presented: object) -> bool:
+    """Constant-time check of a listener's answer against the address the CLI connected to."""
+    if not isinstance(presented, str) or len(presented) != 2 * hashlib.sha256().digest_size:
+        return False
+    expected = listener_proof(token, nonce, host, port)
+    return hmac.compare_digest(expected.encode(), presented.encode("ascii", "replace"))

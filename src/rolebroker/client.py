@@ -1,5 +1,9 @@
 """How the CLI talks to a running daemon: always http://127.0.0.1:PORT with the token file.
 
+The token is sent only on a connection whose listener first proved that it knows the token
+(``GET /proof?nonce=...``, see authtoken.py): any local user can bind a free port, and a
+squatter must learn nothing from the CLI.
+
 Plain ``http.client`` on purpose: no proxy settings apply (SDKs never proxy the endpoint
 either), it starts fast, and it adds no dependency to the CLI.
 """
@@ -8,13 +12,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rolebroker.authtoken import read_token
+from rolebroker import discovery, procfs
+from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
 
 CLIENT_HOST = "127.0.0.1"
@@ -36,6 +42,22 @@ class DaemonUnreachable(ClientError):
         super().__init__(f"{summary}; {hint}")
         self.summary = summary
         self.hint = hint
+
+
+class NotRunning(DaemonUnreachable):
+    """Connection refused: no daemon and no activation socket on the port."""
+
+
+class ListenerNotProven(DaemonUnreachable):
+    """The listener could not prove it knows the token: the token was not sent to it.
+    ``detail`` says who holds the port, as far as this machine shows it."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(
+            f"the process listening on {where} is not rolebroker (it could not prove it knows the token)",
+            f"another user may be squatting the port: see `rolebroker doctor`{detail}",
+        )
+        self.detail = detail
 
 
 class TokenUnavailable(ClientError):
@@ -143,6 +165,10 @@ class DaemonClient:
     def reload(self) -> dict[str, Any]:
         return self.checked("POST", "/reload").json_object() or {}
 
+    def rotate_token(self) -> dict[str, Any]:
+        """The daemon writes a new token to its token file and refuses the old one at once."""
+        return self.checked("POST", "/token/rotate").json_object() or {}
+
     def submit_mfa(self, profile: str, code: str) -> dict[str, Any]:
         """Hand a code over; the daemon calls GetSessionToken once, so allow for a slow STS."""
         path = "/mfa/" + urllib.parse.quote(profile, safe="")
@@ -181,6 +207,7 @@ class DaemonClient:
         timeout: float = QUICK_TIMEOUT,
     ) -> Reply:
         headers = {"Host": f"{CLIENT_HOST}:{self.settings.port}"}
+        proof_token = self.token() if authorize else None
         if authorize:
             headers["Authorization"] = token if token is not None else self.token()
         body = None
@@ -189,11 +216,20 @@ class DaemonClient:
             body = json.dumps(json_body)
         connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
         try:
+            if proof_token is not None:
+                # Same connection for the proof and the token: nobody can take the port in between.
+                self._prove(connection, proof_token)
+                connection.auto_open = 0  # never silently reconnect to an unproven listener
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             return Reply(response.status, response.read().decode("utf-8", "replace"))
-        except ConnectionRefusedError:
+        except http.client.NotConnected:
             raise DaemonUnreachable(
+                f"rolebroker on {CLIENT_HOST}:{self.settings.port} closed the connection after its proof",
+                "retry; if it persists, check its log (journalctl --user -u rolebroker)",
+            ) from None
+        except ConnectionRefusedError:
+            raise NotRunning(
                 f"rolebroker is not running on {CLIENT_HOST}:{self.settings.port} (connection refused)",
                 start_hint(self.settings),
             ) from None
@@ -211,6 +247,47 @@ class DaemonClient:
             ) from None
         finally:
             connection.close()
+
+    def _prove(self, connection: http.client.HTTPConnection, token: str) -> None:
+        """Ask the listener for HMAC(token, nonce, the address we connected to); no token sent."""
+        nonce = new_nonce()
+        connection.request(
+            "GET", f"/proof?nonce={nonce.hex()}", headers={"Host": f"{CLIENT_HOST}:{self.settings.port}"}
+        )
+        response = connection.getresponse()
+        text = response.read(4096).decode("utf-8", "replace")
+        body = Reply(response.status, text).json_object() if response.status == 200 else None
+        answer = body.get("proof") if body else None
+        if not proof_is_valid(token, nonce, CLIENT_HOST, self.settings.port, answer):
+            raise self._not_proven()
+
+    def _not_proven(self) -> ClientError:
+        """Say who listens, as far as this machine shows it: another user (a squatter), or a
+        daemon of ours that uses another token file (named by its discovery file)."""
+        where = f"{CLIENT_HOST}:{self.settings.port}"
+        holders = procfs.holders_of(CLIENT_HOST, self.settings.port)
+        foreign = [h for h in holders if h.uid != os.getuid()]
+        daemon = discovery.read(discovery.discovery_file(os.environ))
+        if (
+            not foreign
+            and daemon is not None
+            and daemon.port == self.settings.port
+            and daemon.token_file != self.settings.token_file.absolute()
+        ):
+            return TokenUnavailable(
+                f"the token in {self.settings.token_file} is not the one the daemon on {where} uses "
+                f"(pid {daemon.pid}, token file {daemon.token_file}); pass --token-file "
+                f"{daemon.token_file} or set ROLEBROKER_TOKEN_FILE to it, or restart the daemon"
+            )
+        detail = ""
+        if foreign:
+            detail = " (" + "; ".join(h.describe() for h in foreign) + ")"
+        elif holders:
+            detail = (
+                " (it runs as your own user: if it is a rolebroker started with another token file, "
+                "pass that file with --token-file; an older rolebroker without the proof: restart it)"
+            )
+        return ListenerNotProven(where, detail)
 
 
 def creds_path(profile: str) -> str:

@@ -16,15 +16,24 @@ import os
 import shlex
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from rolebroker import export, shellenv
-from rolebroker.authtoken import read_token
-from rolebroker.client import ClientError, DaemonClient, DaemonError, TokenUnavailable, start_hint
+from rolebroker import discovery, export, procfs, shellenv
+from rolebroker.authtoken import new_token, read_token, write_token
+from rolebroker.client import (
+    ClientError,
+    DaemonClient,
+    DaemonError,
+    NotRunning,
+    TokenUnavailable,
+    start_hint,
+)
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
 from rolebroker.mfa import valid_code
 
@@ -57,6 +66,28 @@ def settings_for(port: int | None = None, token_file: Path | None = None, **flag
         return load_settings({"port": port, "token_file": token_file, **flags})
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def daemon_settings(port: int | None, token_file: Path | None) -> Settings:
+    """The settings of a command that talks to the daemon: as ``serve`` reads them, except
+    that when no flag, ROLEBROKER_PORT or config.toml names a port, the port of the running
+    daemon's discovery file (daemon.json) wins over the default."""
+    settings = settings_for(port, token_file)
+    if port is None and not os.environ.get("ROLEBROKER_PORT") and not _config_names_port(settings):
+        found = discovery.read(discovery.discovery_file(os.environ))
+        if found is not None:
+            settings = replace(settings, port=found.port)
+    return settings
+
+
+def _config_names_port(settings: Settings) -> bool:
+    if settings.config_file is None:
+        return False
+    try:
+        with settings.config_file.open("rb") as handle:
+            return "port" in tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -112,7 +143,7 @@ def env_command(
     If [default] in ~/.aws/credentials holds keys, AWS_SHARED_CREDENTIALS_FILE=/dev/null too.
     The profile is fetched once first, so typos fail here and the first SDK call is warm.
     """
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     chosen = shell or shellenv.detect_shell(os.environ)
     planned = _client_environment(settings, profile, check=not no_check, export_token_file=export_token_file)
     for note in planned.notes:
@@ -179,7 +210,7 @@ def exec_command(profile: str, command: Sequence[str], port: int | None, token_f
     straight to it and its exit code is the exit code. Exit 125 if rolebroker could not
     start it (daemon not running, unknown profile), 127 if COMMAND is not found.
     """
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     argv = list(command[1:] if command[:1] == ("--",) else command)
     argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
     planned = _client_environment(settings, profile, check=True, export_token_file=False, error=ExecError)
@@ -268,7 +299,7 @@ def _quote_arg(value: str) -> str:
 @daemon_options
 def status_command(as_json: bool, port: int | None, token_file: Path | None) -> None:
     """Show every profile: state, expiry, last refresh, last error. Never a secret."""
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     with reported():
         status = DaemonClient(settings).status()
     if as_json:
@@ -282,7 +313,7 @@ def status_command(as_json: bool, port: int | None, token_file: Path | None) -> 
 @daemon_options
 def creds_command(profile: str, port: int | None, token_file: Path | None) -> None:
     """Print PROFILE's credentials as the ECS JSON the SDKs get (what curl would print)."""
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     with reported():
         reply = DaemonClient(settings).credentials(profile)
     click.echo(reply.text)
@@ -353,13 +384,62 @@ def _issued(profile: str, port: int | None, token_file: Path | None, fmt: str) -
 
 
 @click.command("token")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Make a new token; the old one is refused at once. Shells that exported it must re-run "
+    "rolebroker env.",
+)
 @daemon_options
-def token_command(port: int | None, token_file: Path | None) -> None:
-    """Print the daemon's token (no newline when piped): curl -H "Authorization: $(rolebroker token)"."""
-    settings = settings_for(port, token_file)
+def token_command(rotate: bool, port: int | None, token_file: Path | None) -> None:
+    """Print the daemon's token (no newline when piped): curl -H "Authorization: $(rolebroker token)".
+
+    With --rotate, the daemon (after proving it is rolebroker) writes a new token to its token
+    file and refuses the old one from then on; when it is not running, the file is rewritten.
+    """
+    settings = daemon_settings(port, token_file)
+    if rotate:
+        _rotate_token(settings)
+        return
     with reported():
         token = DaemonClient(settings).token()
     click.echo(token, nl=sys.stdout.isatty())
+
+
+def _rotate_token(settings: Settings) -> None:
+    """Through the daemon when one answers (after its proof); else rewrite the file, which
+    a daemon started later reads."""
+    client = DaemonClient(settings)
+    old: str | None = None
+    with reported():
+        try:
+            old = client.token()  # no file: asks /healthz first, which starts a socket-activated daemon
+            client.rotate_token()
+            where = f"the daemon on 127.0.0.1:{settings.port} rotated the token"
+        except NotRunning:
+            try:
+                write_token(settings.token_file, new_token())
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {settings.token_file}: {exc}") from None
+            where = f"rolebroker is not running on 127.0.0.1:{settings.port}; wrote a new token"
+    done = f"rolebroker: {where} in {settings.token_file}; the old token is refused from now on"
+    click.echo(done, err=True)
+    users = procfs.processes_exporting(shellenv.TOKEN, old) if old else []
+    rerun = 'eval "$(rolebroker env PROFILE)"'
+    if users:
+        click.echo(
+            f"rolebroker: these processes exported the old token: in each shell re-run {rerun}, "
+            "restart the others:",
+            err=True,
+        )
+        for process in users:
+            click.echo(f"  pid {process.pid}: {process.command}", err=True)
+    else:
+        click.echo(
+            f"rolebroker: no running process of yours exports the old token; any shell that did "
+            f"(rolebroker env) must re-run {rerun}, and programs started from it must be restarted.",
+            err=True,
+        )
 
 
 @click.command("reload")
@@ -369,7 +449,7 @@ def reload_command(port: int | None, token_file: Path | None) -> None:
 
     Cached credentials of profiles whose definition did not change are kept.
     """
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     with reported():
         result = DaemonClient(settings).reload()
     click.echo(f"rolebroker reloaded: {result.get('profiles', '?')} profiles")
@@ -386,7 +466,7 @@ def mfa_command(profile: str, code: str | None, port: int | None, token_file: Pa
     life of the MFA session (12 h unless mfa_session_duration says otherwise). Without
     CODE it is asked for on a terminal, or read as one line from stdin.
     """
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     if code is None:
         if sys.stdin.isatty():
             code = str(click.prompt(f"MFA code for {profile}", prompt_suffix=": "))
@@ -418,7 +498,7 @@ def doctor_command(profile: str | None, port: int | None, token_file: Path | Non
     """
     from rolebroker import doctor
 
-    settings = settings_for(port, token_file)
+    settings = daemon_settings(port, token_file)
     findings = doctor.diagnose(settings, os.environ, profile)
     click.echo(doctor.render(findings, settings), nl=False)
     if doctor.has_problems(findings):

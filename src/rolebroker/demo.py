@@ -74,8 +74,8 @@ def run(settings: Settings) -> None:
             "checkout: make demo (or: pipx install --force '.[demo]'). Installed with pipx: "
             "pipx inject rolebroker 'moto[server]'; in a virtualenv: pip install 'moto[server]'"
         ) from None
+    from rolebroker.daemon import run_daemon
     from rolebroker.logs import configure_logging
-    from rolebroker.main import run_daemon
 
     _require_free_port(settings.port)
     configure_logging(settings.log_level)

@@ -25,7 +25,9 @@ from rolebroker.client import (
     ClientError,
     DaemonClient,
     DaemonUnreachable,
+    ListenerNotProven,
     Reply,
+    TokenUnavailable,
     creds_path,
     error_of,
 )
@@ -279,8 +281,8 @@ def _check_endpoint_variables(ctx: _Context) -> str | None:
     elif host == "localhost":
         ctx.note(
             f"{FULL_URI} uses localhost",
-            "Go, Java and Rust SDKs resolve it and need every address to be loopback; some clients try ::1 "
-            "first, where rolebroker does not listen",
+            "Go, Java and Rust SDKs resolve it and need every address to be loopback; rolebroker holds "
+            "127.0.0.1 and ::1, but 127.0.0.1 is the one host every SDK accepts",
             fixed,
         )
     if port != ctx.settings.port:
@@ -495,6 +497,25 @@ def _expires_in(stamp: str) -> str:
 def _get(ctx: _Context, path: str, token: str, *, timeout: float = 10.0) -> Reply | None:
     try:
         return ctx.client.request("GET", path, token=token, timeout=timeout)
+    except ListenerNotProven as exc:
+        ctx.problem(
+            exc.summary,
+            "another user may be squatting the port: whatever listens there did not prove it knows the "
+            "token, so no token was sent to it, but every client pointed at it would send theirs",
+            f"stop that process{exc.detail} (ss -ltnp shows it), or run rolebroker on another port "
+            "(--port, ROLEBROKER_PORT, port in config.toml); socket activation (rolebroker.socket) keeps "
+            "the port held while the daemon is stopped",
+        )
+        ctx.reachable = False
+        return None
+    except TokenUnavailable as exc:
+        ctx.problem(
+            str(exc),
+            "without the daemon's token this CLI and every client are refused",
+            "pass the daemon's token file with --token-file or ROLEBROKER_TOKEN_FILE",
+        )
+        ctx.reachable = False
+        return None
     except DaemonUnreachable as exc:
         ctx.problem(exc.summary, "the daemon stopped answering during the checks", exc.hint)
         ctx.reachable = False

@@ -169,3 +169,17 @@ class UpstreamCredentialsExpired(BrokerError):
     status = 502
     code = "UpstreamCredentialsExpired"
     retryable = True
+
+
+class InvalidNonce(BrokerError):
+    """A listener-proof request without a well-formed nonce."""
+
+    status = 400
+    code = "InvalidNonce"
+
+
+class TokenRotateFailed(BrokerError):
+    """The new token could not be written, so the old one stays in force."""
+
+    status = 500
+    code = "TokenRotateFailed"

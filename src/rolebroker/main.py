@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import signal
-import socket
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
-import uvicorn
 
-from rolebroker import __version__, systemd, warmset
-from rolebroker.config import Settings, is_loopback_host, load_settings
-from rolebroker.export import INSIDE_DAEMON
-
-log = logging.getLogger("rolebroker")
-
-_SELF_REFERENCES = (
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-)
+from rolebroker import __version__
+from rolebroker.config import load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,7 +42,9 @@ def serve(
     log_level: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd and launchd run it this way)."""
+    from rolebroker import warmset
     from rolebroker.commands import settings_for
+    from rolebroker.daemon import run_daemon
     from rolebroker.logs import configure_logging
 
     flags = {
@@ -77,124 +61,6 @@ def serve(
         reload_settings=lambda: load_settings(flags),
         warm_file=warmset.default_path(os.environ),
     )
-
-
-def harden_environment() -> None:
-    """The daemon must never resolve a root profile through itself (FULL_URI inherited
-    from a shell that ran ``rolebroker env``, or a credential_process running rolebroker),
-    nor wait on EC2 metadata for a profile that simply has no credentials."""
-    for name in _SELF_REFERENCES:
-        os.environ.pop(name, None)
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    # A credential_process the daemon runs must not ask the daemon back (export.py).
-    os.environ[INSIDE_DAEMON] = str(os.getpid())
-
-
-def run_daemon(
-    settings: Settings,
-    *,
-    reload_settings: Callable[[], Settings] | None = None,
-    warm_file: Path | None = None,
-) -> None:
-    """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
-    same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
-    next start (None for throw-away daemons such as the demo's)."""
-    from rolebroker.authtoken import TokenFileError, load_or_create_token
-    from rolebroker.broker import Broker
-    from rolebroker.server import create_app
-
-    harden_environment()
-    try:
-        token = load_or_create_token(settings.token_file)
-    except (TokenFileError, OSError) as exc:
-        raise click.ClickException(f"cannot use the token file: {exc}") from None
-
-    sockets = _inherited_sockets()
-    if sockets:
-        # Socket activation decides where we listen; /status and the logs should say so.
-        host, port = systemd.socket_address(sockets[0])
-        settings = replace(settings, host=host, port=port)
-    broker = Broker(
-        settings,
-        reload_settings=reload_settings or load_settings,
-        warm_file=warm_file,
-    )
-    reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
-
-    def on_sighup() -> None:
-        task = asyncio.get_running_loop().create_task(_reload(broker))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    def on_startup() -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
-
-    app = create_app(broker, token, on_startup=on_startup)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = _Server(config)
-
-    async def main() -> None:
-        notifier = asyncio.get_running_loop().create_task(_announce_ready(server, settings, bool(sockets)))
-        try:
-            await server.serve(sockets=sockets or None)
-        finally:
-            notifier.cancel()
-
-    asyncio.run(main())
-    if not server.started:
-        raise SystemExit(1)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM with the default handler inside serve(), so nothing after
-    ``await server.serve()`` runs on SIGTERM: announce STOPPING=1 when shutdown starts."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        log.info("rolebroker stopping")
-        systemd.notify("STOPPING=1")
-        await super().shutdown(sockets=sockets)
-
-
-def _inherited_sockets() -> list[socket.socket]:
-    """Sockets passed by systemd, refused unless they are TCP listeners on loopback."""
-    try:
-        sockets = systemd.listen_sockets()
-        for sock in sockets:
-            host, port = systemd.socket_address(sock)
-            if not is_loopback_host(host):
-                raise ValueError(
-                    f"the socket passed by systemd is bound to {host}:{port}, not loopback; "
-                    "rolebroker only serves 127.0.0.1, ::1 or localhost"
-                )
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    return sockets
-
-
-async def _reload(broker: Any) -> None:
-    systemd.notify(systemd.reloading_message())
-    try:
-        await broker.reload(reason="SIGHUP")
-    finally:
-        systemd.notify("READY=1")
-
-
-async def _announce_ready(server: Any, settings: Settings, activated: bool) -> None:
-    """READY=1 only once the socket accepts connections, so dependants never race us."""
-    while not server.started:
-        await asyncio.sleep(0.02)
-    where = "socket passed by systemd" if activated else settings.base_url
-    log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
-    systemd.notify(f"READY=1\nSTATUS=serving on {where}")
 
 
 from rolebroker.commands import register  # noqa: E402  (the commands need `cli` defined first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -14,14 +15,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rolebroker.authtoken import token_matches
+from rolebroker.authtoken import TokenStore, listener_proof, parse_nonce
 from rolebroker.broker import Broker
-from rolebroker.errors import BrokerError, ConfigFileError
+from rolebroker.errors import BrokerError, ConfigFileError, InvalidNonce, TokenRotateFailed
 from rolebroker.mfa import code_from_body
 
 log = logging.getLogger("rolebroker")
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/proof"})
 ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -49,7 +50,7 @@ class Guard:
     """Host check and token check before any routing, as a plain ASGI layer so that the
     warm path pays for no dependency injection."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: TokenStore) -> None:
         self._app = app
         self._token = token
 
@@ -78,7 +79,7 @@ class Guard:
                     '(run: eval "$(rolebroker env PROFILE)")',
                 )
                 return
-            if not token_matches(self._token, authorization):
+            if not self._token.matches(authorization):
                 await _send_error(
                     send,
                     403,
@@ -102,7 +103,7 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
+def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await broker.start()
@@ -124,6 +125,30 @@ def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | N
     @app.get("/healthz")
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
+
+    @app.get("/proof")
+    async def proof(request: Request) -> Response:
+        """Open route: shows that this listener knows the token without anyone sending it.
+        One fixed-size nonce in, one HMAC out; the address is the one this connection
+        arrived on, so a relayed answer does not match the port the client asked."""
+        nonce = parse_nonce(request.query_params.get("nonce"))
+        server = request.scope.get("server")
+        if nonce is None or not server:
+            raise InvalidNonce("send ?nonce= with 64 lowercase hex digits (32 random bytes)")
+        answer = listener_proof(token.current, nonce, str(server[0]), int(server[1]))
+        return JSONResponse({"proof": answer}, headers=NO_STORE)
+
+    @app.post("/token/rotate")
+    async def rotate_token() -> Response:
+        """A new token, written to the token file; the old one is refused from now on."""
+        try:
+            await asyncio.to_thread(token.rotate)
+        except OSError as exc:
+            raise TokenRotateFailed(
+                f"cannot write the token file {token.path} ({exc.strerror}); the old token stays valid"
+            ) from None
+        log.info("token rotated; the old token is refused from now on")
+        return JSONResponse({"rotated": True, "token_file": str(token.path)}, headers=NO_STORE)
 
     @app.get("/creds")
     async def default_creds() -> Response:

@@ -1,0 +1,169 @@
+"""The daemon process: token, listeners, the HTTP server, signals, readiness, discovery file.
+
+``rolebroker serve`` (main.py) and the demo call :func:`run_daemon`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+
+from rolebroker import __version__, discovery, systemd
+from rolebroker.config import Settings, load_settings
+from rolebroker.export import INSIDE_DAEMON
+from rolebroker.listeners import EX_CONFIG, ListenError, Listeners, open_listeners
+
+log = logging.getLogger("rolebroker")
+
+_SELF_REFERENCES = (
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+
+
+class StartupError(click.ClickException):
+    """The daemon cannot start (exit 1: a service manager may retry)."""
+
+
+class PortUnavailable(StartupError):
+    """Someone else holds the port: restarting cannot help, so a distinct status (78)."""
+
+    exit_code = EX_CONFIG
+
+
+def harden_environment() -> None:
+    """The daemon must never resolve a root profile through itself (FULL_URI inherited
+    from a shell that ran ``rolebroker env``, or a credential_process running rolebroker),
+    nor wait on EC2 metadata for a profile that simply has no credentials."""
+    for name in _SELF_REFERENCES:
+        os.environ.pop(name, None)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # A credential_process the daemon runs must not ask the daemon back (export.py).
+    os.environ[INSIDE_DAEMON] = str(os.getpid())
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    reload_settings: Callable[[], Settings] | None = None,
+    warm_file: Path | None = None,
+) -> None:
+    """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
+    same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
+    next start (None for throw-away daemons such as the demo's)."""
+    from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
+    from rolebroker.broker import Broker
+    from rolebroker.server import create_app
+
+    harden_environment()
+    try:
+        token = TokenStore(load_or_create_token(settings.token_file), settings.token_file)
+    except (TokenFileError, OSError) as exc:
+        raise StartupError(f"cannot use the token file: {exc}") from None
+    discovery_path = discovery.discovery_file(os.environ)
+    try:
+        listeners = open_listeners(settings.host, settings.port)
+    except ListenError as exc:
+        raise (PortUnavailable if exc.status == EX_CONFIG else StartupError)(str(exc)) from None
+
+    host, port = listeners.addresses[0]
+    # The sockets decide where we listen; /status and the logs should say so.
+    settings = replace(settings, host=host, port=port)
+    broker = Broker(settings, reload_settings=reload_settings or load_settings, warm_file=warm_file)
+    reloads: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+    def on_sighup() -> None:
+        task = asyncio.get_running_loop().create_task(_reload(broker))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_startup() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
+
+    app = create_app(broker, token, on_startup=on_startup)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config, on_stop=lambda: discovery.remove(discovery_path, os.getpid()))
+
+    async def main() -> None:
+        notifier = asyncio.get_running_loop().create_task(
+            _announce_ready(server, settings, listeners, discovery_path)
+        )
+        try:
+            await server.serve(sockets=listeners.sockets)
+        finally:
+            notifier.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        discovery.remove(discovery_path, os.getpid())
+        for sock in listeners.sockets:
+            sock.close()
+    if not server.started:
+        raise SystemExit(1)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM with the default handler inside serve(), so nothing after
+    ``await server.serve()`` runs on SIGTERM: announce STOPPING=1 (and remove the discovery
+    file) when shutdown starts."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("rolebroker stopping")
+        systemd.notify("STOPPING=1")
+        self._on_stop()
+        await super().shutdown(sockets=sockets)
+
+
+async def _reload(broker: Any) -> None:
+    systemd.notify(systemd.reloading_message())
+    try:
+        await broker.reload(reason="SIGHUP")
+    finally:
+        systemd.notify("READY=1")
+
+
+async def _announce_ready(
+    server: Any, settings: Settings, listeners: Listeners, discovery_path: Path
+) -> None:
+    """READY=1 only once the sockets accept connections, so dependants never race us."""
+    while not server.started:
+        await asyncio.sleep(0.02)
+    where = listeners.describe() + (" (passed by the service manager)" if listeners.activated else "")
+    info = discovery.DaemonInfo(
+        port=settings.port,
+        addresses=tuple(a for a, _p in listeners.addresses),
+        token_file=settings.token_file.absolute(),
+        pid=os.getpid(),
+    )
+    try:
+        await asyncio.to_thread(discovery.write, discovery_path, info)
+    except OSError as exc:
+        log.warning("cannot write %s (the CLI then needs --port): %s", discovery_path, exc)
+    log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
+    systemd.notify(f"READY=1\nSTATUS=serving on {where}")
