@@ -59,10 +59,12 @@ def run_daemon(
     *,
     reload_settings: Callable[[], Settings] | None = None,
     warm_file: Path | None = None,
+    discovery_path: Path | None = None,
 ) -> None:
     """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
     same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
-    next start (None for throw-away daemons such as the demo's)."""
+    next start and ``discovery_path`` tells the CLI where the daemon is: both None for
+    throw-away daemons such as the demo's, which must not pose as the user's daemon."""
     from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
     from rolebroker.broker import Broker
     from rolebroker.server import create_app
@@ -72,7 +74,6 @@ def run_daemon(
         token = TokenStore(load_or_create_token(settings.token_file), settings.token_file)
     except (TokenFileError, OSError) as exc:
         raise StartupError(f"cannot use the token file: {exc}") from None
-    discovery_path = discovery.discovery_file(os.environ)
     try:
         listeners = open_listeners(settings.host, settings.port)
     except ListenError as exc:
@@ -103,7 +104,12 @@ def run_daemon(
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = _Server(config, on_stop=lambda: discovery.remove(discovery_path, os.getpid()))
+
+    def unpublish() -> None:
+        if discovery_path is not None:
+            discovery.remove(discovery_path, os.getpid())
+
+    server = _Server(config, on_stop=unpublish)
 
     async def main() -> None:
         notifier = asyncio.get_running_loop().create_task(
@@ -117,7 +123,7 @@ def run_daemon(
     try:
         asyncio.run(main())
     finally:
-        discovery.remove(discovery_path, os.getpid())
+        unpublish()
         for sock in listeners.sockets:
             sock.close()
     if not server.started:
@@ -149,7 +155,7 @@ async def _reload(broker: Any) -> None:
 
 
 async def _announce_ready(
-    server: Any, settings: Settings, listeners: Listeners, discovery_path: Path
+    server: Any, settings: Settings, listeners: Listeners, discovery_path: Path | None
 ) -> None:
     """READY=1 only once the sockets accept connections, so dependants never race us."""
     while not server.started:
@@ -161,9 +167,10 @@ async def _announce_ready(
         token_file=settings.token_file.absolute(),
         pid=os.getpid(),
     )
-    try:
-        await asyncio.to_thread(discovery.write, discovery_path, info)
-    except OSError as exc:
-        log.warning("cannot write %s (the CLI then needs --port): %s", discovery_path, exc)
+    if discovery_path is not None:
+        try:
+            await asyncio.to_thread(discovery.write, discovery_path, info)
+        except OSError as exc:
+            log.warning("cannot write %s (the CLI then needs --port): %s", discovery_path, exc)
     log.info("rolebroker %s listening on %s; token file %s", __version__, where, settings.token_file)
     systemd.notify(f"READY=1\nSTATUS=serving on {where}")

@@ -42,7 +42,7 @@ def serve(
     log_level: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd and launchd run it this way)."""
-    from rolebroker import warmset
+    from rolebroker import discovery, warmset
     from rolebroker.commands import settings_for
     from rolebroker.daemon import run_daemon
     from rolebroker.logs import configure_logging
@@ -60,6 +60,7 @@ def serve(
         settings,
         reload_settings=lambda: load_settings(flags),
         warm_file=warmset.default_path(os.environ),
+        discovery_path=discovery.discovery_file(os.environ),
     )
 
 
