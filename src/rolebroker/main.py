@@ -88,6 +88,8 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
     same flags, so flags keep winning."""
     from rolebroker.authtoken import TokenFileError, load_or_create_token
     from rolebroker.broker import Broker
+    from rolebroker.connections import connection_limits
+    from rolebroker.limits import raise_file_limit
     from rolebroker.server import create_app
 
     harden_environment()
@@ -122,6 +124,7 @@ def run_daemon(settings: Settings, *, reload_settings: Callable[[], Settings] | 
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **connection_limits(raise_file_limit()),
     )
     server = _Server(config)
 
