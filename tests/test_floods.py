@@ -4,19 +4,33 @@ every socket is closed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
+import logging
 import re
 import resource
 import selectors
 import socket
 import sys
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import Message, Receive, Scope, Send
+from uvicorn.server import ServerState
 
+from rolebroker.broker import Broker
+from rolebroker.config import Settings
+from rolebroker.connections import ConnectionRegistry, GuardedProtocol
+from rolebroker.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from rolebroker.logs import LogThrottle
+from rolebroker.server import Guard, create_app
 from tests.support.daemon import AwsHome, Daemon
 from tests.support.procs import ManagedProcess
 from tests.support.stsproxy import StsProxy
@@ -171,27 +185,6 @@ def test_malformed_http_gets_the_json_error_shape(
     assert daemon.get("/healthz", token=None).status_code == 200
 
 
-def test_incomplete_request_is_closed_after_the_request_timeout(start_daemon, aws_home: AwsHome) -> None:  # type: ignore[no-untyped-def]
-    """Slow loris: the deadline covers the whole request, not the time between bytes."""
-    daemon = start_daemon()
-    start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=15) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-        answer = b""
-        for _ in range(30):  # one header line a second would keep it open forever without a deadline
-            time.sleep(0.5)
-            try:
-                sock.sendall(b"X-Slow: 1\r\n")
-            except OSError:
-                break
-        with contextlib.suppress(OSError):
-            answer = sock.recv(65536)
-    assert time.monotonic() - start < 14.0
-    if answer:
-        status, body = json_error(answer)
-        assert (status, body["code"]) == (408, "RequestTimeout")
-
-
 def test_requested_names_cannot_forge_log_lines(daemon: Daemon, aws_home: AwsHome) -> None:
     """CR, LF and ESC in a requested profile name reach the log escaped (the reload it triggers
     and the refusal both name it), never raw."""
@@ -203,7 +196,7 @@ def test_requested_names_cannot_forge_log_lines(daemon: Daemon, aws_home: AwsHom
     output = daemon.output()
     assert "\n2031-01-01T00:00:00Z ERROR forged" not in output
     assert "\x1b" not in output and "\r" not in output and "\u202e" not in output
-    assert r"x\x0d\x0a2031-01-01T00:00:00Z ERROR forged line\x1b[31mred\u202e" in output
+    assert r"x\r\n2031-01-01T00:00:00Z ERROR forged line\x1b[31mred\u202e" in output
 
 
 def test_refusals_are_logged_once_per_kind_under_a_flood(daemon: Daemon) -> None:
@@ -243,3 +236,215 @@ def test_oversized_body_is_refused_before_it_is_read(daemon: Daemon) -> None:
     status, body = json_error(raw)
     assert (status, body["code"]) == (413, "PayloadTooLarge")
     assert re.search(rb"connection: close", raw, re.IGNORECASE)
+
+
+# -- in process: the ASGI app over httpx.ASGITransport ---------------------------------------------
+
+TOKEN = "t" * 43
+
+
+@pytest.fixture
+async def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    home = AwsHome(tmp_path)
+    home.write()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home.config_path))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home.credentials_path))
+    broker = Broker(Settings(token_file=tmp_path / "token"))
+    await broker.reload(reread_settings=False)
+    transport = httpx.ASGITransport(app=create_app(broker, TOKEN))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1", headers={"Authorization": TOKEN}
+    ) as client:
+        yield client
+
+
+def assert_json_error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"code", "message"} and body["code"] == code
+    return str(body["message"])
+
+
+async def test_body_over_the_limit_is_413(app_client: httpx.AsyncClient) -> None:
+    big = b'{"code": "123456", "pad": "' + b"a" * MAX_BODY_BYTES + b'"}'
+    assert_json_error(await app_client.post("/mfa/dev", content=big), 413, "PayloadTooLarge")
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the streamed bytes are counted
+        for _ in range(8):
+            yield b"a" * 1024
+
+    response = await app_client.post("/mfa/dev", content=chunked())
+    assert_json_error(response, 413, "PayloadTooLarge")
+    assert response.headers["connection"] == "close"
+
+
+async def test_declared_length_over_the_limit_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app must not run")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("the body must not be read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mfa/dev",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", TOKEN.encode()),
+            (b"content-length", b"1500000000"),
+        ],
+    }
+    await Guard(app, TOKEN, LogThrottle(logging.getLogger("test")))(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert (b"connection", b"close") in sent[0]["headers"]
+
+
+async def test_deeply_nested_json_is_400_not_500(app_client: httpx.AsyncClient) -> None:
+    for body in (b"[" * 1024, b'{"code": ' + b"[" * 1000 + b"]" * 1000 + b"}"):
+        assert_json_error(await app_client.post("/mfa/dev", content=body), 400, "InvalidMfaCode")
+
+
+async def test_bearer_prefix_is_named_in_the_refusal(app_client: httpx.AsyncClient) -> None:
+    response = await app_client.get("/creds/dev", headers={"Authorization": f"Bearer {TOKEN}"})
+    message = assert_json_error(response, 403, "InvalidToken")
+    assert "raw token" in message and "Bearer" in message
+    message = assert_json_error(
+        await app_client.get("/creds/dev", headers={"Authorization": "x"}), 403, "InvalidToken"
+    )
+    assert "Bearer" not in message
+
+
+async def test_two_host_headers_are_refused(app_client: httpx.AsyncClient) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app must not run")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for hosts in (
+        [b"127.0.0.1", b"evil.example"],
+        [b"evil.example", b"127.0.0.1"],
+        [b"localhost", b"localhost"],
+    ):
+        sent.clear()
+        scope: Scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/healthz",
+            "headers": [(b"host", host) for host in hosts],
+        }
+        await Guard(app, TOKEN, LogThrottle(logging.getLogger("test")))(scope, send, send)  # type: ignore[arg-type]
+        assert sent[0]["status"] == 403
+
+
+async def test_unknown_profile_names_leave_no_state_behind(app_client: httpx.AsyncClient) -> None:
+    """Each unknown name used to be remembered for good (its error memoised per name)."""
+
+    async def flood(prefix: str) -> None:
+        for i in range(1000):
+            assert (await app_client.get(f"/creds/{prefix}-{i:05d}-" + "n" * 40)).status_code == 404
+
+    await flood("warmup")  # let imports, caches and the interning of code paths settle
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await flood("unknown")
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"{grown} bytes kept for 1000 unknown names"
+
+
+# -- in process: the connection protocol on a loopback server with short limits ---------------------
+
+
+async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.asynccontextmanager
+async def protocol_server(cap: int, request_timeout: float) -> AsyncIterator[tuple[int, ConnectionRegistry]]:
+    registry = ConnectionRegistry(cap)
+    protocol = type(
+        "TestProtocol", (GuardedProtocol,), {"registry": registry, "request_timeout": request_timeout}
+    )
+    config = uvicorn.Config(
+        ok_app, http=protocol, log_config=None, lifespan="off", h11_max_incomplete_event_size=MAX_HEADER_BYTES
+    )
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: protocol(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+    )
+    try:
+        yield server.sockets[0].getsockname()[1], registry
+    finally:
+        server.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        await server.wait_closed()
+
+
+async def read_all(reader: asyncio.StreamReader, timeout: float = 3.0) -> bytes:
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+async def test_connection_that_never_completes_its_request_is_closed() -> None:
+    async with protocol_server(cap=16, request_timeout=0.5) as (port, _):
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(4):  # bytes keep coming, faster than the deadline, but never a whole request
+            await asyncio.sleep(0.1)
+            slow_writer.write(b"X-Slow: 1\r\n")
+        assert await read_all(idle_reader) == b""
+        answer = await read_all(slow_reader)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"code":"RequestTimeout"' in answer
+        for writer in (idle_writer, slow_writer):
+            writer.close()
+
+
+async def test_at_the_cap_the_oldest_waiting_connection_makes_room() -> None:
+    async with protocol_server(cap=3, request_timeout=30) as (port, registry):
+        waiting = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert len(registry) == 3
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert (await read_all(reader)).startswith(b"HTTP/1.1 200 ")
+        assert await read_all(waiting[0][0]) == b""  # the oldest was closed for it
+        assert len(registry) <= 3
+        for _, w in [*waiting, (reader, writer)]:
+            w.close()
+
+
+async def test_when_every_connection_is_busy_newcomers_get_503_at_once() -> None:
+    async with protocol_server(cap=2, request_timeout=30) as (port, _):
+        busy = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, writer in busy:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await read_all(reader, timeout=1.0)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b'"code":"ServerBusy"' in answer
+        for _, w in [*busy, (reader, writer)]:
+            w.close()

@@ -177,7 +177,7 @@ class Broker:
         except (ProfileNotFound, ConfigFileError):
             catalog = self._catalog
             if catalog is None or await asyncio.to_thread(catalog.changed_on_disk):
-                await self.reload(reason=f"request for {profile}", reread_settings=False)
+                await self.reload(reason=f"request for {profile!r}", reread_settings=False)
             return self.provider(profile)
 
     # -- MFA ---------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ class _ObservedConnection(h11.Connection):
     def __init__(self, owner: GuardedProtocol, max_incomplete_event_size: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self._owner = owner
+        self._max_head = max_incomplete_event_size
         self.last_error: h11.RemoteProtocolError | None = None
 
     def next_event(self) -> Any:
@@ -126,6 +127,10 @@ class _ObservedConnection(h11.Connection):
             self.last_error = exc
             raise
         if isinstance(event, h11.Request):
+            size = len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
+            if size > self._max_head:  # h11 only limits heads that arrive in pieces
+                self.last_error = h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                raise self.last_error
             self._owner.request_started()
         elif isinstance(event, h11.EndOfMessage):
             self._owner.request_received()
