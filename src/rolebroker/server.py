@@ -211,7 +211,7 @@ def create_app(broker: Broker, token: str, *, on_startup: Callable[[], None] | N
     @app.exception_handler(BrokerError)
     async def broker_error(request: Request, exc: BrokerError) -> Response:
         if isinstance(exc, ProfileNotFound):
-            name = request.path_params.get("profile", "")
+            name = str(request.path_params.get("profile", request.url.path))
             refusals.log(logging.WARNING, exc.code, "refused request code=%s profile=%r", exc.code, name[:80])
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
