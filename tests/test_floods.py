@@ -26,7 +26,7 @@ from uvicorn.server import ServerState
 from rolebroker import logs
 from rolebroker.broker import Broker
 from rolebroker.config import Settings
-from rolebroker.connections import ConnectionRegistry, GuardedProtocol
+from rolebroker.connections import ConnectionRegistry, GuardedProtocol, quiet_loop_errors
 from rolebroker.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from rolebroker.logs import LogThrottle
 from rolebroker.server import Guard, create_app
@@ -480,3 +480,24 @@ def test_throttle_logs_once_per_window_and_counts_the_rest(caplog: pytest.LogCap
         "refused code=ForbiddenHost"
     )
     assert "999 more" in lines[2]
+
+
+async def test_failed_accepts_are_one_line_not_a_traceback_each(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio reports every failed accept() (EMFILE) with a traceback, many per second."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    quiet_loop_errors(loop)
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(200):
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(24, "Too many open files"),
+                    }
+                )
+    finally:
+        loop.set_exception_handler(previous)
+    assert len(caplog.records) == 1
+    assert "Too many open files" in caplog.records[0].getMessage()
+    assert caplog.records[0].exc_info is None

@@ -224,16 +224,19 @@ class GuardedProtocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        if not self._partial:
+            self.transport.close()  # connected and never said a word: nothing worth a log line
+            return
         self.registry.throttle.log(
             logging.INFO,
             "timeout",
             "closed a connection that sent no whole request within %.0fs",
             self.request_timeout,
         )
-        if self._partial and self.conn.our_state is h11.IDLE:
+        if self.conn.our_state is h11.IDLE:
             self._answer(RequestTimeout(f"send the whole request within {self.request_timeout:.0f}s"))
         else:
-            self.transport.close()  # idle, or a body still trickling in: the app sees a disconnect
+            self.transport.close()  # a body still trickling in: the app sees a disconnect
 
     def _answer(self, error: BrokerError) -> None:
         """A JSON error written straight to the socket, then close."""

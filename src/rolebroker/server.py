@@ -122,7 +122,7 @@ class Guard:
 
 def _oversized(length: bytes | None) -> BrokerError | None:
     """Content-Length is checked before a byte of the body is read."""
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+    if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY_BYTES):
         return PayloadTooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
     return None
 
