@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import resource
 import selectors
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,10 +29,10 @@ from rolebroker import logs
 from rolebroker.broker import Broker
 from rolebroker.config import Settings
 from rolebroker.connections import ConnectionRegistry, GuardedProtocol, quiet_loop_errors
-from rolebroker.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from rolebroker.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, ConnectionBudget
 from rolebroker.logs import LogThrottle
 from rolebroker.server import Guard, create_app
-from tests.support.daemon import AwsHome, Daemon
+from tests.support.daemon import REPO, AwsHome, Daemon
 from tests.support.procs import ManagedProcess
 from tests.support.stsproxy import StsProxy
 
@@ -501,3 +503,27 @@ async def test_failed_accepts_are_one_line_not_a_traceback_each(caplog: pytest.L
     assert len(caplog.records) == 1
     assert "Too many open files" in caplog.records[0].getMessage()
     assert caplog.records[0].exc_info is None
+
+
+RAISE_AND_REPORT = (
+    "import resource; from rolebroker.limits import raise_file_limit; "
+    "print(raise_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+)
+
+
+def test_soft_file_limit_is_raised_to_the_hard_one_and_the_cap_leaves_headroom() -> None:
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))
+
+    result = subprocess.run(
+        [sys.executable, "-c", RAISE_AND_REPORT],
+        preexec_fn=low_soft_limit,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    assert result.stdout.split() == ["2048", "2048"], result.stderr
+    budget = ConnectionBudget.for_file_limit(1024)
+    assert budget.max_connections + 3 * budget.accept_batch < 1024 - 32
+    assert ConnectionBudget.for_file_limit(1 << 20).max_connections == 4096
