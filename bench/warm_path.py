@@ -1,11 +1,13 @@
 """Warm-path latency and memory of the real daemon: prints figures, asserts nothing.
 
-    python bench/warm_path.py [--requests 2000] [--concurrency 20]
+    python bench/warm_path.py [--requests 2000] [--concurrency 20] [--unknown-names 20000] [--profiles 30]
 
 Starts a moto STS and the daemon (as the tests do), warms /creds/prod, then measures
-sequential latency over one keep-alive connection, a concurrent burst, and the daemon's
-resident memory; then a second daemon with --profiles role profiles gives the memory each
-additional profile in use costs (RSS after serving all of them minus after serving one).
+sequential latency over one keep-alive connection, a concurrent burst, the daemon's
+resident memory, and that memory again after requests for many profile names that do
+not exist (any local process can send them: the daemon must not remember them); then a
+second daemon with --profiles role profiles gives the memory each additional profile in
+use costs (RSS after serving all of them minus after serving one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def rss_mib(pid: int) -> float:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def unknown_names(base_url: str, token: str, count: int, concurrency: int) -> None:
+    """``count`` requests, each for a different profile name that does not exist."""
+    limits = httpx.Limits(max_connections=concurrency)
+    headers = {"Authorization": token}
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, headers=headers) as client:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with semaphore:
+                assert (await client.get(f"/creds/no-such-profile-{i:08d}")).status_code == 404
+
+        await asyncio.gather(*(one(i) for i in range(count)))
 
 
 async def burst(url: str, token: str, total: int, concurrency: int) -> float:
@@ -82,6 +98,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--profiles", type=int, default=30)
+    parser.add_argument("--unknown-names", type=int, default=20000)
     args = parser.parse_args()
 
     moto = MotoServer()
@@ -124,6 +141,12 @@ def warm_path(moto: MotoServer, args: argparse.Namespace) -> None:
             print(f"warm GET /creds/prod, {args.concurrency} concurrent: {rate:.0f} requests/s")
             after_rss = rss_mib(daemon.process.pid)
             print(f"daemon RSS: {idle_rss:.1f} MiB at start, {after_rss:.1f} MiB after the run")
+            asyncio.run(unknown_names(daemon.base_url, daemon.token, args.unknown_names, args.concurrency))
+            flooded_rss = rss_mib(daemon.process.pid)
+            print(
+                f"daemon RSS: {after_rss:.1f} MiB before, {flooded_rss:.1f} MiB after "
+                f"{args.unknown_names} requests for unknown profile names"
+            )
         finally:
             daemon.stop()
             daemon.process.cleanup()

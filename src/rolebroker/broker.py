@@ -200,7 +200,7 @@ class Broker:
         catalog = self._catalog
         if catalog is not None and not await asyncio.to_thread(catalog.changed_on_disk):
             return False
-        return await self.reload(reason=f"request for {profile}", reread_settings=False)
+        return await self.reload(reason=f"request for {profile!r}", reread_settings=False)
 
     async def _resolve(self, profile: str) -> CredentialProvider:
         """The provider for ``profile``; a profile added (or a config fixed) since start works

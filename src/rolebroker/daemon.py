@@ -67,6 +67,8 @@ def run_daemon(
     throw-away daemons such as the demo's, which must not pose as the user's daemon."""
     from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
     from rolebroker.broker import Broker
+    from rolebroker.connections import connection_limits
+    from rolebroker.limits import raise_file_limit
     from rolebroker.server import create_app
 
     harden_environment()
@@ -103,6 +105,7 @@ def run_daemon(
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **connection_limits(raise_file_limit()),
     )
 
     def unpublish() -> None:

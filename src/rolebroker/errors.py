@@ -183,3 +183,66 @@ class TokenRotateFailed(BrokerError):
 
     status = 500
     code = "TokenRotateFailed"
+
+
+# -- refusals of the HTTP layer: the request never reached a profile ----------------------
+
+
+class ForbiddenHost(BrokerError):
+    """DNS-rebinding defence: only loopback names, and exactly one Host header."""
+
+    status = 403
+    code = "ForbiddenHost"
+    reached_upstream = False
+
+
+class MissingToken(BrokerError):
+    status = 401
+    code = "MissingToken"
+    reached_upstream = False
+
+
+class InvalidToken(BrokerError):
+    status = 403
+    code = "InvalidToken"
+    reached_upstream = False
+
+
+class BadRequest(BrokerError):
+    """Malformed HTTP or a body that cannot be parsed."""
+
+    status = 400
+    code = "BadRequest"
+    reached_upstream = False
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class RequestTimeout(BadRequest):
+    """The request did not arrive whole in time (slow or idle connection)."""
+
+    status = 408
+    code = "RequestTimeout"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class HeadersTooLarge(BadRequest):
+    status = 431
+    code = "HeadersTooLarge"
+
+
+class ServerBusy(BrokerError):
+    """Too many open connections: this one is shed at once rather than left to hang."""
+
+    status = 503
+    code = "ServerBusy"
+    retryable = True
+    reached_upstream = False
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "Connection": "close"}

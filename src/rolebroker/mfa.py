@@ -48,7 +48,7 @@ def code_from_body(raw: bytes) -> str:
     """The code of a ``POST /mfa/{profile}`` body ``{"code": "123456"}``; never echoed back."""
     try:
         body = json.loads(raw) if len(raw) <= 1024 else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: `[[[[...` nested deep
         body = None
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, str) or not valid_code(code):

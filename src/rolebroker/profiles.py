@@ -98,6 +98,8 @@ class ProfileCatalog:
         if built is None:
             try:
                 built = self._serving_provider(name)
+            except ProfileNotFound:
+                raise  # not memoised: any local client can invent names without end
             except BrokerError as exc:
                 built = exc
             self._built[name] = built

@@ -13,11 +13,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rolebroker.authtoken import TokenStore, listener_proof, parse_nonce
 from rolebroker.broker import Broker
-from rolebroker.errors import BrokerError, ConfigFileError, InvalidNonce, TokenRotateFailed
+from rolebroker.connections import quiet_loop_errors
+from rolebroker.errors import (
+    BrokerError,
+    ConfigFileError,
+    ForbiddenHost,
+    InvalidNonce,
+    InvalidToken,
+    MissingToken,
+    PayloadTooLarge,
+    ProfileNotFound,
+    TokenRotateFailed,
+)
+from rolebroker.limits import MAX_BODY_BYTES
+from rolebroker.logs import LogThrottle
 from rolebroker.mfa import code_from_body
 
 log = logging.getLogger("rolebroker")
@@ -42,70 +56,111 @@ def host_allowed(host_header: str | None) -> bool:
     return name in ALLOWED_HOSTS and (port == "" or port.isdigit())
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
-
-
 class Guard:
-    """Host check and token check before any routing, as a plain ASGI layer so that the
-    warm path pays for no dependency injection."""
+    """Host check, token check and body limit before any routing, as a plain ASGI layer so
+    that the warm path pays for no dependency injection. Refusals are logged once per kind
+    and minute: a flood of bad requests leaves a few lines, not one per request."""
 
-    def __init__(self, app: ASGIApp, token: TokenStore) -> None:
+    def __init__(self, app: ASGIApp, token: TokenStore, refusals: LogThrottle) -> None:
         self._app = app
         self._token = token
+        self._refusals = refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        host = authorization = None
+        hosts: list[str] = []
+        authorization = length = None
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"host":
-                host = value.decode("latin-1")
+                hosts.append(value.decode("latin-1"))
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
-        if not host_allowed(host):
-            await _send_error(
-                send, 403, "ForbiddenHost", "requests must use Host 127.0.0.1, localhost or [::1]"
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        error = self._refusal(hosts, authorization, scope["path"]) or _oversized(length)
+        if error is not None:
+            self._refusals.log(
+                logging.WARNING,
+                error.code,
+                "refused %s %r code=%s",
+                scope["method"],
+                scope["path"][:100],
+                error.code,
             )
+            body_pending = chunked or (length is not None and length != b"0")
+            await send_error(send, error, close=body_pending)
             return
-        if scope["path"] not in OPEN_PATHS:
-            if authorization is None:
-                await _send_error(
-                    send,
-                    401,
-                    "MissingToken",
-                    "send the token in the Authorization header; set AWS_CONTAINER_AUTHORIZATION_TOKEN "
-                    '(run: eval "$(rolebroker env PROFILE)")',
-                )
-                return
-            if not self._token.matches(authorization):
-                await _send_error(
-                    send,
-                    403,
-                    "InvalidToken",
-                    "the Authorization header does not match the daemon's token; re-export it "
-                    '(run: eval "$(rolebroker env PROFILE)")',
-                )
-                return
-        await self._app(scope, receive, send)
+        await self._app(scope, _limited(receive, MAX_BODY_BYTES) if (chunked or length) else receive, send)
+
+    def _refusal(self, hosts: list[str], authorization: str | None, path: str) -> BrokerError | None:
+        if len(hosts) > 1:
+            return ForbiddenHost("send exactly one Host header: 127.0.0.1, localhost or [::1]")
+        if not host_allowed(hosts[0] if hosts else None):
+            return ForbiddenHost("requests must use Host 127.0.0.1, localhost or [::1]")
+        if path in OPEN_PATHS:
+            return None
+        if authorization is None:
+            return MissingToken(
+                "send the token in the Authorization header; set AWS_CONTAINER_AUTHORIZATION_TOKEN "
+                '(run: eval "$(rolebroker env PROFILE)")'
+            )
+        if self._token.matches(authorization):
+            return None
+        if authorization[:7].lower() == "bearer ":
+            return InvalidToken(
+                "the Authorization header carries the raw token, without 'Bearer ': send "
+                'Authorization: <token> (run: eval "$(rolebroker env PROFILE)")'
+            )
+        return InvalidToken(
+            "the Authorization header does not match the daemon's token; re-export it "
+            '(run: eval "$(rolebroker env PROFILE)")'
+        )
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
-    body = _error_body(code, message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+def _oversized(length: bytes | None) -> BrokerError | None:
+    """Content-Length is checked before a byte of the body is read."""
+    if length is not None and (not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY_BYTES):
+        return PayloadTooLarge(f"request bodies are at most {MAX_BODY_BYTES} bytes")
+    return None
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Counts streamed (chunked) body bytes: past ``limit`` the handler gets PayloadTooLarge."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(f"request bodies are at most {limit} bytes")
+        return message
+
+    return counted
+
+
+async def send_error(send: Send, error: BrokerError, *, close: bool = False) -> None:
+    body = json.dumps(error.to_json(), separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    if close and b"connection" not in dict(headers):
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
+    refusals = LogThrottle(log)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        quiet_loop_errors(asyncio.get_running_loop())
         await broker.start()
         if on_startup is not None:
             on_startup()
@@ -180,7 +235,10 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         return JSONResponse(await broker.submit_mfa(profile, code), headers=NO_STORE)
 
     @app.exception_handler(BrokerError)
-    async def broker_error(_request: Request, exc: BrokerError) -> Response:
+    async def broker_error(request: Request, exc: BrokerError) -> Response:
+        if isinstance(exc, ProfileNotFound):
+            name = str(request.path_params.get("profile", request.url.path))
+            refusals.log(logging.WARNING, exc.code, "refused request code=%s profile=%r", exc.code, name[:80])
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
@@ -202,10 +260,16 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return JSONResponse({"code": "BadRequest", "message": "malformed request"}, status_code=400)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, _exc: ClientDisconnect) -> Response:
+        """A client that gives up mid-upload is not the daemon's error."""
+        log.debug("client left before its request arrived whole: %s %s", request.method, request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("internal error: %s", type(exc).__name__, exc_info=exc)
         body: dict[str, Any] = {"code": "InternalError", "message": "internal error; see the daemon log"}
         return JSONResponse(body, status_code=500)
 
-    return Guard(app, token)
+    return Guard(app, token, refusals)
