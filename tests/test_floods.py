@@ -22,10 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from rolebroker import logs
+from rolebroker.authtoken import TokenStore
 from rolebroker.broker import Broker
 from rolebroker.config import Settings
 from rolebroker.connections import ConnectionRegistry, GuardedProtocol, quiet_loop_errors
@@ -247,6 +248,10 @@ def test_oversized_body_is_refused_before_it_is_read(daemon: Daemon) -> None:
 TOKEN = "t" * 43
 
 
+def guard_around(app: ASGIApp) -> Guard:
+    return Guard(app, TokenStore(TOKEN, Path("/nonexistent/token")), LogThrottle(logging.getLogger("test")))
+
+
 @pytest.fixture
 async def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
     home = AwsHome(tmp_path)
@@ -255,7 +260,7 @@ async def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home.credentials_path))
     broker = Broker(Settings(token_file=tmp_path / "token"))
     await broker.reload(reread_settings=False)
-    transport = httpx.ASGITransport(app=create_app(broker, TOKEN))
+    transport = httpx.ASGITransport(app=create_app(broker, TokenStore(TOKEN, tmp_path / "token")))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://127.0.0.1", headers={"Authorization": TOKEN}
     ) as client:
@@ -308,7 +313,7 @@ async def test_declared_length_over_the_limit_is_refused_before_reading(
             (b"content-length", b"1500000000"),
         ],
     }
-    await Guard(app, TOKEN, LogThrottle(logging.getLogger("test")))(scope, receive, send)
+    await guard_around(app)(scope, receive, send)
     assert sent[0]["status"] == 413
     assert (b"connection", b"close") in sent[0]["headers"]
 
@@ -349,7 +354,9 @@ async def test_two_host_headers_are_refused(app_client: httpx.AsyncClient) -> No
             "path": "/healthz",
             "headers": [(b"host", host) for host in hosts],
         }
-        await Guard(app, TOKEN, LogThrottle(logging.getLogger("test")))(scope, send, send)  # type: ignore[arg-type]
+        await Guard(
+            app, TokenStore(TOKEN, Path("/nonexistent/token")), LogThrottle(logging.getLogger("test"))
+        )(scope, send, send)  # type: ignore[arg-type]
         assert sent[0]["status"] == 403
 
 
