@@ -22,7 +22,7 @@ from rolebroker.errors import (
     StsUnavailable,
     UpstreamCredentialsExpired,
 )
-from rolebroker.providers import Attempts, CredentialProvider
+from rolebroker.hops import Attempts, Hop
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 
@@ -36,12 +36,12 @@ class FakeClock:
 
 
 @dataclass(eq=False)
-class FakeHop(CredentialProvider):
+class FakeHop(Hop):
     """Counts fetches; issues credentials valid for ``lifetime`` seconds of the fake clock."""
 
     name: str
     clock: FakeClock
-    source: CredentialProvider | None = None
+    source: Hop | None = None
     lifetime: float = 3600.0
     delay: float = 0.0
     fail_with: BrokerError | None = None
@@ -88,7 +88,7 @@ def make_cache(clock: FakeClock, **kwargs: float) -> CredentialCache:
     return CredentialCache(timing, clock=clock, jitter=lambda: 0.5, **kwargs)  # type: ignore[arg-type]
 
 
-async def settle(cache: CredentialCache, hop: CredentialProvider) -> None:
+async def settle(cache: CredentialCache, hop: Hop) -> None:
     """Wait (briefly, in real time) for the background fetch of ``hop`` to land."""
     for _ in range(200):
         if not cache.in_flight(hop):

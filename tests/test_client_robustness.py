@@ -1,7 +1,7 @@
 """What real clients need beyond the happy path: a cold role chain that is slower than the
 client's own timeout, and a long-lived process that outlives many sessions.
 
-The timeouts are the clients' own (client-contract.md): JS SDK v2 gives up a request after
+The timeouts are the clients' own (docs/clients.md): JS SDK v2 gives up a request after
 1 s of silence and tries 4 times (~3.5 s in all), botocore and the CLIs after 2 s, 3 times
 with 1 s pauses. The daemon's single flight must outlive each abandoned request so that
 the retry joins the same STS call.

@@ -83,7 +83,7 @@ def test_client_gets_the_chained_cross_account_roles(
 @clients
 def test_unknown_profile_error_reaches_the_client(name: str, daemon: Daemon, moto: MotoServer) -> None:
     """botocore and both CLIs print the daemon's JSON error; the JS SDKs hide it behind a
-    generic message (documented in client-contract.md), and JS v2 fails fast on a 404."""
+    generic message (docs/clients.md), and JS v2 fails fast on a 404."""
     run = run_client(CLIENTS[name], daemon, "no-such-profile", moto.url)
     assert_no_leak(run, daemon)
     assert run.returncode != 0, describe(run, daemon)

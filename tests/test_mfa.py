@@ -21,9 +21,9 @@ import pytest
 from rolebroker.cache import CredentialCache
 from rolebroker.credentials import Credentials
 from rolebroker.errors import InvalidMfaCode, MfaRequired, ProfileConfigError
+from rolebroker.hops import MfaSessionHop, RoleHop, SourceHop, chain_of
 from rolebroker.mfa import MfaProcessError, code_from_body, run_mfa_process
 from rolebroker.profiles import ProfileCatalog
-from rolebroker.providers import MfaSession, ProfileSource, RoleHop, chain_of
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
@@ -421,14 +421,14 @@ def catalog_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: igno
 
 def test_mfa_session_sits_between_the_keys_and_the_first_role(catalog_from) -> None:  # type: ignore[no-untyped-def]
     catalog = catalog_from(MFA_CONFIG)
-    hops = chain_of(catalog.provider("dev-admin"))
-    assert [type(h) for h in hops] == [ProfileSource, MfaSession, RoleHop, RoleHop]
+    hops = chain_of(catalog.hop("dev-admin"))
+    assert [type(h) for h in hops] == [SourceHop, MfaSessionHop, RoleHop, RoleHop]
     mfa = hops[1]
-    assert isinstance(mfa, MfaSession) and mfa.mfa_serial == SERIAL and mfa.duration_seconds == 43200
+    assert isinstance(mfa, MfaSessionHop) and mfa.mfa_serial == SERIAL and mfa.duration_seconds == 43200
     # One session for every profile with the same keys and device, the role-less one included.
-    keys = {chain_of(catalog.provider(p))[1].key for p in ("dev", "prod", "dev-admin")}
-    assert keys == {mfa.key} and catalog.provider("base").key == mfa.key
-    assert [type(h) for h in chain_of(catalog.provider("other"))][-1].__name__ == "SessionTokenHop"
+    keys = {chain_of(catalog.hop(p))[1].key for p in ("dev", "prod", "dev-admin")}
+    assert keys == {mfa.key} and catalog.hop("base").key == mfa.key
+    assert [type(h) for h in chain_of(catalog.hop("other"))][-1].__name__ == "SessionTokenHop"
 
 
 def test_mfa_serial_on_role_profiles_aws_cli_style(catalog_from) -> None:  # type: ignore[no-untyped-def]
@@ -436,9 +436,9 @@ def test_mfa_serial_on_role_profiles_aws_cli_style(catalog_from) -> None:  # typ
         "source_profile = base\n", f"source_profile = base\nmfa_serial = {SERIAL}\n"
     )
     catalog = catalog_from(config)
-    assert chain_of(catalog.provider("dev"))[1].key == chain_of(catalog.provider("prod"))[1].key
-    assert isinstance(chain_of(catalog.provider("dev-admin"))[1], MfaSession)  # set on a profile of its chain
-    assert not any(isinstance(h, MfaSession) for h in chain_of(catalog.provider("base")))
+    assert chain_of(catalog.hop("dev"))[1].key == chain_of(catalog.hop("prod"))[1].key
+    assert isinstance(chain_of(catalog.hop("dev-admin"))[1], MfaSessionHop)  # set on a profile of its chain
+    assert not any(isinstance(h, MfaSessionHop) for h in chain_of(catalog.hop("base")))
 
 
 def test_two_devices_in_one_chain_is_a_profile_error(catalog_from) -> None:  # type: ignore[no-untyped-def]
@@ -449,14 +449,14 @@ def test_two_devices_in_one_chain_is_a_profile_error(catalog_from) -> None:  # t
     )
     catalog = catalog_from(config)
     with pytest.raises(ProfileConfigError) as info:
-        catalog.provider("dev")
+        catalog.hop("dev")
     assert (info.value.code, info.value.status) == ("ConflictingMfaSerial", 400)
-    assert isinstance(chain_of(catalog.provider("prod"))[1], MfaSession)
+    assert isinstance(chain_of(catalog.hop("prod"))[1], MfaSessionHop)
 
 
 def test_mfa_session_without_a_code_or_long_term_keys_fails_at_once() -> None:
-    root = ProfileSource(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
-    hop = MfaSession(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
+    root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
+    hop = MfaSessionHop(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
     with pytest.raises(MfaRequired, match="run: rolebroker mfa dev"):
         hop.fetch(Credentials("AKIA1", "secret"))
     with pytest.raises(ProfileConfigError) as info:
@@ -477,8 +477,8 @@ class StepClock:
 async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() -> None:
     clock = StepClock()
     cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
-    root = ProfileSource(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
-    mfa = MfaSession(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
+    root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
+    mfa = MfaSessionHop(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
     roles = [
         RoleHop(profile=name, role_arn=f"arn:aws:iam::111111111111:role/{name}", source=mfa, session_name="t")
         for name in ("dev", "prod")
@@ -499,7 +499,7 @@ async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() ->
 
 def test_mfa_code_is_scrubbed_but_the_serial_is_kept() -> None:
     serial = "arn:aws:iam::123456789012:mfa/alice"
-    hop = MfaSession(profile="base", mfa_serial=serial, source=None, code="123456")
+    hop = MfaSessionHop(profile="base", mfa_serial=serial, source=None, code="123456")
     assert hop._scrub(f"{serial} rejected 123456") == f"{serial} rejected ******"
 
 

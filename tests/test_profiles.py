@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from rolebroker.errors import ConfigFileError, ProfileConfigError, ProfileNotFound
+from rolebroker.hops import RoleHop, SessionTokenHop, SourceHop, chain_of
 from rolebroker.profiles import ProfileCatalog
-from rolebroker.providers import ProfileSource, RoleHop, SessionTokenHop, chain_of
 from tests.support.daemon import CHAIN_CONFIG, CHAIN_CREDENTIALS
 
 
@@ -28,8 +28,8 @@ def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: igno
 
 def test_chain_is_built_root_first(write_config) -> None:  # type: ignore[no-untyped-def]
     catalog = write_config()
-    hops = chain_of(catalog.provider("prod-admin"))
-    assert [type(h) for h in hops] == [ProfileSource, RoleHop, RoleHop, RoleHop]
+    hops = chain_of(catalog.hop("prod-admin"))
+    assert [type(h) for h in hops] == [SourceHop, RoleHop, RoleHop, RoleHop]
     assert [getattr(h, "role_arn", None) for h in hops[1:]] == [
         "arn:aws:iam::111111111111:role/dev",
         "arn:aws:iam::222222222222:role/prod",
@@ -42,32 +42,32 @@ def test_chain_is_built_root_first(write_config) -> None:  # type: ignore[no-unt
 
 def test_hops_share_keys_across_profiles(write_config) -> None:  # type: ignore[no-untyped-def]
     catalog = write_config()
-    admin_chain = chain_of(catalog.provider("prod-admin"))
-    assert catalog.provider("prod").key == admin_chain[2].key
-    assert catalog.provider("dev").key == admin_chain[1].key
+    admin_chain = chain_of(catalog.hop("prod-admin"))
+    assert catalog.hop("prod").key == admin_chain[2].key
+    assert catalog.hop("dev").key == admin_chain[1].key
 
 
 def test_unchanged_definitions_keep_their_keys_across_reloads(write_config) -> None:  # type: ignore[no-untyped-def]
     before = write_config()
     after = write_config(CHAIN_CONFIG.replace("external_id = prod-external-id", "external_id = changed"))
-    assert before.provider("dev").key == after.provider("dev").key
-    assert before.provider("prod").key != after.provider("prod").key
-    assert before.provider("prod-admin").key != after.provider("prod-admin").key  # its source changed
+    assert before.hop("dev").key == after.hop("dev").key
+    assert before.hop("prod").key != after.hop("prod").key
+    assert before.hop("prod-admin").key != after.hop("prod-admin").key  # its source changed
     rotated = write_config(CHAIN_CONFIG, CHAIN_CREDENTIALS.replace("TestBaseSecret", "RotatedSecret"))
-    assert rotated.provider("dev").key != before.provider("dev").key
+    assert rotated.hop("dev").key != before.hop("dev").key
 
 
 def test_keys_never_contain_secrets(write_config) -> None:  # type: ignore[no-untyped-def]
     catalog = write_config()
     for name in catalog.names():
-        for hop in chain_of(catalog.provider(name)):
+        for hop in chain_of(catalog.hop(name)):
             assert "TestBaseSecret" not in hop.key and "TestBaseSecret" not in hop.label
 
 
 def test_role_less_profile_is_served_through_a_session(write_config) -> None:  # type: ignore[no-untyped-def]
-    provider = write_config().provider("base")
+    provider = write_config().hop("base")
     assert isinstance(provider, SessionTokenHop)
-    assert isinstance(provider.source, ProfileSource)
+    assert isinstance(provider.source, SourceHop)
 
 
 def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None:  # type: ignore[no-untyped-def]
@@ -75,8 +75,8 @@ def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None
         "[profile self]\nrole_arn = arn:aws:iam::111111111111:role/s\nsource_profile = self\n"
         "aws_access_key_id = AKIASELF\naws_secret_access_key = selfsecret\n"
     )
-    root = chain_of(catalog.provider("self"))[0]
-    assert isinstance(root, ProfileSource)
+    root = chain_of(catalog.hop("self"))[0]
+    assert isinstance(root, SourceHop)
     assert root.fetch(None).access_key_id == "AKIASELF"
 
 
@@ -105,16 +105,16 @@ def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None
 def test_broken_definitions_are_profile_errors(write_config, config: str, code: str) -> None:  # type: ignore[no-untyped-def]
     catalog = write_config(config, "")
     with pytest.raises(ProfileConfigError) as info:
-        catalog.provider("a")
+        catalog.hop("a")
     assert info.value.code == code
     assert info.value.status == 400
     with pytest.raises(ProfileConfigError):  # memoised errors are raised again, fresh
-        catalog.provider("a")
+        catalog.hop("a")
 
 
 def test_unknown_profile_lists_known_ones(write_config) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ProfileNotFound) as info:
-        write_config().provider("nope")
+        write_config().hop("nope")
     assert "prod-admin" in info.value.message
 
 

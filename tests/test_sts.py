@@ -10,8 +10,8 @@ import botocore.parsers
 import pytest
 
 from rolebroker.errors import StsBadResponse, StsInvalidRequest, StsTimeout, StsUnavailable
-from rolebroker.providers.redact import MAX_UPSTREAM_TEXT, redact
-from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.hops.redact import MAX_UPSTREAM_TEXT, redact
+from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
 
 KEY_ID = "ASIAQWERTYUIOPASDFGH"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

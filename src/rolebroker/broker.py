@@ -17,9 +17,9 @@ from rolebroker.cache import Clock, CredentialCache
 from rolebroker.config import LIVE_SETTINGS, Settings, SettingsError, apply_settings, load_settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, ConfigFileError, MfaNotConfigured, MfaRequired, ProfileNotFound
+from rolebroker.hops import Hop, MfaSessionHop, chain_of
 from rolebroker.mfa import MfaWatcher, mfa_session_of
 from rolebroker.profiles import ProfileCatalog
-from rolebroker.providers import CredentialProvider, MfaSession, chain_of
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 from rolebroker.warmset import WarmFile, WarmSet
@@ -173,28 +173,28 @@ class Broker:
 
     # -- serving -----------------------------------------------------------------------
 
-    def provider(self, profile: str) -> CredentialProvider:
+    def hop(self, profile: str) -> Hop:
         if self._catalog is None:
             raise self._catalog_error or ConfigFileError("the AWS config has not been loaded yet; retry")
-        return self._catalog.provider(profile)
+        return self._catalog.hop(profile)
 
     async def credentials(self, profile: str) -> Credentials:
-        provider = await self._resolve(profile)
+        top = await self._resolve(profile)
         self._last_used[profile] = self._clock()
         self._requests[profile] += 1
         wait = self.settings.request_timeout
         try:
             try:
-                return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
+                return self.cache.peek(top) or await self.cache.get(top, wait=wait)
             except BrokerError as exc:
                 # A hop failing on its configuration is not called again until the config
                 # changes: an edited file is that change, so look (one stat) and retry once.
                 if not exc.needs_config_change or not await self._reload_if_changed(profile):
                     raise
-            provider = self.provider(profile)
-            return self.cache.peek(provider) or await self.cache.get(provider, wait=wait)
+            top = self.hop(profile)
+            return self.cache.peek(top) or await self.cache.get(top, wait=wait)
         except MfaRequired:
-            raise self._mfa_required(profile, provider) from None
+            raise self._mfa_required(profile, top) from None
 
     async def _reload_if_changed(self, profile: str) -> bool:
         catalog = self._catalog
@@ -202,14 +202,14 @@ class Broker:
             return False
         return await self.reload(reason=f"request for {profile!r}", reread_settings=False)
 
-    async def _resolve(self, profile: str) -> CredentialProvider:
-        """The provider for ``profile``; a profile added (or a config fixed) since start works
+    async def _resolve(self, profile: str) -> Hop:
+        """The top hop of ``profile``'s chain; a profile added (or a config fixed) since start works
         without a reload: the files are re-read only on a miss, and only if they changed."""
         try:
-            return self.provider(profile)
+            return self.hop(profile)
         except (ProfileNotFound, ConfigFileError):
             await self._reload_if_changed(profile)
-            return self.provider(profile)
+            return self.hop(profile)
 
     # -- MFA ---------------------------------------------------------------------------------
 
@@ -235,16 +235,16 @@ class Broker:
             "profiles": sharing,
         }
 
-    def _mfa_session_or_none(self, name: str) -> MfaSession | None:
+    def _mfa_session_or_none(self, name: str) -> MfaSessionHop | None:
         try:
-            return mfa_session_of(self.provider(name))
+            return mfa_session_of(self.hop(name))
         except BrokerError:
             return None
 
-    def _mfa_required(self, profile: str, provider: CredentialProvider) -> MfaRequired:
+    def _mfa_required(self, profile: str, top: Hop) -> MfaRequired:
         """Name the profile the client asked for: any profile sharing the MFA session works."""
         self.mfa.wake()
-        hop = mfa_session_of(provider)
+        hop = mfa_session_of(top)
         if hop is not None and self.mfa.hook_pending(hop):
             return MfaRequired(
                 f"profile {profile!r} waits for an MFA code for {hop.mfa_serial} from its mfa_process; "
@@ -253,21 +253,21 @@ class Broker:
         serial = f" for {hop.mfa_serial}" if hop is not None else ""
         return MfaRequired(f"profile {profile!r} needs an MFA code{serial}; run: rolebroker mfa {profile}")
 
-    def _warm_targets(self) -> Iterator[CredentialProvider]:
+    def _warm_targets(self) -> Iterator[Hop]:
         horizon = self._clock() - self.settings.keep_warm
         for name, used in list(self._last_used.items()):
             if used < horizon:
                 del self._last_used[name]
                 continue
             try:
-                yield self.provider(name)
+                yield self.hop(name)
             except BrokerError:
                 continue
 
-    def _hops(self, catalog: ProfileCatalog) -> Iterator[CredentialProvider]:
+    def _hops(self, catalog: ProfileCatalog) -> Iterator[Hop]:
         for name in catalog.names():
             try:
-                yield from chain_of(catalog.provider(name))
+                yield from chain_of(catalog.hop(name))
             except BrokerError:
                 continue
 
@@ -306,17 +306,17 @@ class Broker:
             "kept_warm": used is not None,
         }
         try:
-            provider = self.provider(name)
+            top = self.hop(name)
         except BrokerError as exc:
             return {**row, "state": "error", "cached": False, "last_error": exc.to_json()}
-        stats = self.cache.stats(provider)
-        entry = self.cache.entry(provider)
+        stats = self.cache.stats(top)
+        entry = self.cache.entry(top)
         expiration = entry.credentials.expiration if entry else None
-        hops = chain_of(provider)
+        hops = chain_of(top)
         failing = next(
             (self.cache.stats(h) for h in reversed(hops) if self.cache.stats(h).consecutive_failures), None
         )
-        if self.cache.in_flight(provider):
+        if self.cache.in_flight(top):
             state = "refreshing"
         elif entry is not None and now < entry.refresh_at:
             state = "fresh"
@@ -334,7 +334,7 @@ class Broker:
             **row,
             "state": state,
             "cached": entry is not None,
-            "role_arn": getattr(provider, "role_arn", None),
+            "role_arn": getattr(top, "role_arn", None),
             "chain": [h.label for h in hops],
             "expires_at": _stamp(expiration),
             "expires_in_seconds": int(expiration - now) if expiration else None,

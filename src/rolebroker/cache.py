@@ -1,4 +1,4 @@
-"""Per-hop credential cache with single-flight fetches, wrapping any provider.
+"""Per-hop credential cache with single-flight fetches, wrapping any hop.
 
 Every hop of every chain has its own entry, so ``prod-admin`` chained through ``prod``
 reuses ``prod``'s credentials. Concurrent requests for one hop share one in-flight fetch;
@@ -24,7 +24,7 @@ from cachetools import TLRUCache
 
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, StsTimeout, UpstreamCredentialsExpired
-from rolebroker.providers import Attempts, CredentialProvider
+from rolebroker.hops import Attempts, Hop
 from rolebroker.timing import RefreshTiming
 
 log = logging.getLogger("rolebroker")
@@ -107,30 +107,30 @@ class CredentialCache:
 
     # -- reading -----------------------------------------------------------------------
 
-    def peek(self, provider: CredentialProvider) -> Credentials | None:
+    def peek(self, hop: Hop) -> Credentials | None:
         """The warm path: credentials that need no refresh, from memory, or None."""
-        entry = self._entries.get(provider.key)
+        entry = self._entries.get(hop.key)
         if entry is not None and self._clock() < entry.refresh_at:
             return entry.credentials
         return None
 
-    def entry(self, provider: CredentialProvider) -> CacheEntry | None:
-        return self._entries.get(provider.key)
+    def entry(self, hop: Hop) -> CacheEntry | None:
+        return self._entries.get(hop.key)
 
-    def stats(self, provider: CredentialProvider) -> HopStats:
-        stats = self._stats.get(provider.key)
+    def stats(self, hop: Hop) -> HopStats:
+        stats = self._stats.get(hop.key)
         if stats is None:
-            stats = self._stats[provider.key] = HopStats(provider.label, provider.calls_sts)
+            stats = self._stats[hop.key] = HopStats(hop.label, hop.calls_sts)
         return stats
 
-    def in_flight(self, provider: CredentialProvider) -> bool:
-        return provider.key in self._flights
+    def in_flight(self, hop: Hop) -> bool:
+        return hop.key in self._flights
 
     def sts_calls(self) -> int:
         return sum(s.fetches for s in self._stats.values() if s.calls_sts)
 
-    async def get(self, provider: CredentialProvider, *, wait: float | None = None) -> Credentials:
-        """Credentials for ``provider``, fetching them (once) if needed.
+    async def get(self, hop: Hop, *, wait: float | None = None) -> Credentials:
+        """Credentials for ``hop``, fetching them (once) if needed.
 
         Servable credentials are answered at once, also when due: the refresh starts (or
         goes on) in the background, so no client ever waits on a slow or hanging STS while
@@ -139,48 +139,48 @@ class CredentialCache:
         a hop's backoff no fetch starts: the request gets the last error at once.
         """
         now = self._clock()
-        entry = self._entries.get(provider.key)
+        entry = self._entries.get(hop.key)
         if entry is not None:
             if now >= entry.refresh_at:
-                self.refresh_due(provider)
-                if self.stats(provider).consecutive_failures:
-                    self._warn_stale(provider, entry)
+                self.refresh_due(hop)
+                if self.stats(hop).consecutive_failures:
+                    self._warn_stale(hop, entry)
             return entry.credentials
-        flight = self._flights.get(provider.key)
+        flight = self._flights.get(hop.key)
         if flight is None:
-            stats = self.stats(provider)
+            stats = self.stats(hop)
             if stats.last_error is not None and now < stats.retry_at:
                 raise stats.last_error.copy(retry_after=stats.retry_at - now)
-            flight = self._start(provider)
-        return await self._join(flight, provider, wait, then="retry in a few seconds")
+            flight = self._start(hop)
+        return await self._join(flight, hop, wait, then="retry in a few seconds")
 
-    def refresh_due(self, provider: CredentialProvider) -> bool:
+    def refresh_due(self, hop: Hop) -> bool:
         """For the refresher: start a background refresh if this hop needs one now."""
-        if provider.key in self._flights:
+        if hop.key in self._flights:
             return False
         now = self._clock()
-        stats = self.stats(provider)
-        if now < stats.retry_at or self._source_backing_off(provider, now):
+        stats = self.stats(hop)
+        if now < stats.retry_at or self._source_backing_off(hop, now):
             return False
-        entry = self._entries.get(provider.key)
+        entry = self._entries.get(hop.key)
         if entry is not None and now < entry.refresh_at:
             return False
-        self._start(provider)
+        self._start(hop)
         return True
 
-    async def renew(self, provider: CredentialProvider, *, wait: float | None = None) -> Credentials:
+    async def renew(self, hop: Hop, *, wait: float | None = None) -> Credentials:
         """Fetch now, cached or backing off: for what only the user can unblock (a submitted
-        MFA code travels in ``provider``). Waits for a fetch already in flight first."""
-        flight = self._flights.get(provider.key)
+        MFA code travels in ``hop``). Waits for a fetch already in flight first."""
+        flight = self._flights.get(hop.key)
         if flight is not None:
             await asyncio.wait([flight], timeout=wait)
-        flight = self._start(provider)
-        return await self._join(flight, provider, wait, then="check rolebroker status in a few seconds")
+        flight = self._start(hop)
+        return await self._join(flight, hop, wait, then="check rolebroker status in a few seconds")
 
     async def _join(
         self,
         flight: asyncio.Task[Credentials],
-        provider: CredentialProvider,
+        hop: Hop,
         wait: float | None,
         *,
         then: str,
@@ -189,17 +189,17 @@ class CredentialCache:
         try:
             return await asyncio.wait_for(asyncio.shield(flight), wait)
         except BrokerError as exc:
-            own = self.stats(provider).retry_at - self._clock()
+            own = self.stats(hop).retry_at - self._clock()
             raise exc.copy(retry_after=max(own, exc.retry_after or 0.0, 0.0)) from None
         except TimeoutError:
             raise StsTimeout(
-                f"STS has not answered yet for {provider.label}; the call goes on in the background, {then}"
+                f"STS has not answered yet for {hop.label}; the call goes on in the background, {then}"
             ) from None
 
-    def _source_backing_off(self, provider: CredentialProvider, now: float) -> bool:
+    def _source_backing_off(self, hop: Hop, now: float) -> bool:
         """A hop whose uncached source is waiting out a backoff would only fail through it:
         without this, a chain waiting for an MFA code or a login is retried every tick."""
-        source = provider.source
+        source = hop.source
         while source is not None and source.key not in self._entries:
             if now < self.stats(source).retry_at:
                 return True
@@ -218,10 +218,10 @@ class CredentialCache:
 
     # -- fetching ----------------------------------------------------------------------
 
-    def _start(self, provider: CredentialProvider) -> asyncio.Task[Credentials]:
-        task = asyncio.get_running_loop().create_task(self._fetch(provider), name=f"fetch {provider.label}")
-        self._flights[provider.key] = task
-        task.add_done_callback(lambda t: self._landed(provider.key, t))
+    def _start(self, hop: Hop) -> asyncio.Task[Credentials]:
+        task = asyncio.get_running_loop().create_task(self._fetch(hop), name=f"fetch {hop.label}")
+        self._flights[hop.key] = task
+        task.add_done_callback(lambda t: self._landed(hop.key, t))
         return task
 
     def _landed(self, key: str, task: asyncio.Task[Credentials]) -> None:
@@ -230,30 +230,30 @@ class CredentialCache:
         if not task.cancelled():
             task.exception()  # marks it retrieved; errors were logged in _fetch
 
-    async def _fetch(self, provider: CredentialProvider) -> Credentials:
-        stats = self.stats(provider)
-        source = await self.get(provider.source) if provider.source is not None else None
+    async def _fetch(self, hop: Hop) -> Credentials:
+        stats = self.stats(hop)
+        source = await self.get(hop.source) if hop.source is not None else None
         loop = asyncio.get_running_loop()
         attempts = Attempts()
         try:
-            credentials = await loop.run_in_executor(self._executor, provider.fetch_counted, source, attempts)
+            credentials = await loop.run_in_executor(self._executor, hop.fetch_counted, source, attempts)
             now = self._clock()
             if not self.timing.fresh_enough(now, credentials):
-                raise self._expired(provider, credentials, now)
+                raise self._expired(hop, credentials, now)
         except BrokerError as exc:
             stats.fetches += exc.reached_upstream if attempts.count is None else attempts.count
-            self._failed(provider, stats, exc)
+            self._failed(hop, stats, exc)
             raise
         except Exception as exc:
             stats.fetches += 1 if attempts.count is None else attempts.count
-            log.exception("unexpected error fetching %s", provider.label)
+            log.exception("unexpected error fetching %s", hop.label)
             error = BrokerError(
-                f"unexpected {type(exc).__name__} while fetching {provider.label}; see the daemon log"
+                f"unexpected {type(exc).__name__} while fetching {hop.label}; see the daemon log"
             )
-            self._failed(provider, stats, error)
+            self._failed(hop, stats, error)
             raise error from None
         stats.fetches += 1 if attempts.count is None else attempts.count
-        self._entries[provider.key] = CacheEntry(
+        self._entries[hop.key] = CacheEntry(
             credentials,
             issued_at=now,
             refresh_at=self.timing.refresh_at(now, credentials),
@@ -264,43 +264,41 @@ class CredentialCache:
         if credentials.expiration is not None:
             log.info(
                 "refreshed profile=%s %s expires=%s in=%ds%s",
-                provider.profile,
-                _what(provider),
+                hop.profile,
+                _what(hop),
                 format_expiration(credentials.expiration),
                 credentials.remaining(now),
                 " (recovered)" if recovered else "",
             )
-            self._warn_if_short(provider, stats, credentials.expiration - now)
+            self._warn_if_short(hop, stats, credentials.expiration - now)
         return credentials
 
-    def _expired(
-        self, provider: CredentialProvider, credentials: Credentials, now: float
-    ) -> UpstreamCredentialsExpired:
+    def _expired(self, hop: Hop, credentials: Credentials, now: float) -> UpstreamCredentialsExpired:
         expiration = credentials.expiration or 0.0
         return UpstreamCredentialsExpired(
-            f"{provider.label} was handed credentials that expire at {format_expiration(expiration)} "
+            f"{hop.label} was handed credentials that expire at {format_expiration(expiration)} "
             f"({credentials.remaining(now):.0f} s from now): too late to serve. Check the clock of this "
             "machine and the credential source (credential_process output, SSO, STS endpoint); "
             "retried with backoff"
         )
 
-    def _warn_if_short(self, provider: CredentialProvider, stats: HopStats, lifetime: float) -> None:
+    def _warn_if_short(self, hop: Hop, stats: HopStats, lifetime: float) -> None:
         """botocore re-fetches on every call once fewer than 15 min remain: a session that
         never lasts more than refresh_before keeps every boto3 client on the slow path."""
-        if stats.warned_short or lifetime > self.timing.refresh_before or not provider.calls_sts:
+        if stats.warned_short or lifetime > self.timing.refresh_before or not hop.calls_sts:
             return
         stats.warned_short = True
         log.warning(
             "short profile=%s %s: sessions last %ds, not more than refresh_before=%ds, so they are "
             "renewed at half life and SDKs re-fetch often; raise duration_seconds (e.g. 3600) if the "
             "role allows it",
-            provider.profile,
-            _what(provider),
+            hop.profile,
+            _what(hop),
             lifetime,
             self.timing.refresh_before,
         )
 
-    def _failed(self, provider: CredentialProvider, stats: HopStats, error: BrokerError) -> None:
+    def _failed(self, hop: Hop, stats: HopStats, error: BrokerError) -> None:
         now = self._clock()
         # Waiting for the user (MFA code, SSO login) is news once, not at every retry.
         previous = stats.last_error if stats.consecutive_failures else None
@@ -319,25 +317,25 @@ class CredentialCache:
         log.log(
             logging.DEBUG if repeat else logging.WARNING,
             "failed profile=%s %s code=%s retry_in=%s: %s",
-            provider.profile,
-            _what(provider),
+            hop.profile,
+            _what(hop),
             error.code,
             retry,
             error.message,
         )
 
-    def _warn_stale(self, provider: CredentialProvider, entry: CacheEntry) -> None:
+    def _warn_stale(self, hop: Hop, entry: CacheEntry) -> None:
         if not entry.warned_stale:
             entry.warned_stale = True
             expiration = entry.credentials.expiration or 0.0
             log.warning(
                 "stale profile=%s %s: refresh failing, serving cached credentials until %s",
-                provider.profile,
-                _what(provider),
+                hop.profile,
+                _what(hop),
                 format_expiration(entry.servable_until if expiration else 0.0),
             )
 
 
-def _what(provider: CredentialProvider) -> str:
-    role_arn = getattr(provider, "role_arn", None)
-    return f"role={role_arn}" if role_arn else f"source={type(provider).__name__}"
+def _what(hop: Hop) -> str:
+    role_arn = getattr(hop, "role_arn", None)
+    return f"role={role_arn}" if role_arn else f"source={type(hop).__name__}"

@@ -24,7 +24,7 @@ from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
 
 CLIENT_HOST = "127.0.0.1"
-"""The only host every SDK accepts in FULL_URI (see client-contract.md), so the CLI uses it too."""
+"""The one host every SDK accepts in FULL_URI without a DNS lookup (docs/clients.md); the CLI uses it too."""
 
 QUICK_TIMEOUT = 10.0
 """Seconds for health, status and reload. Generous because a socket-activated daemon is

@@ -1,4 +1,4 @@
-"""The credential value passed between providers, the cache and the HTTP layer."""
+"""The credential value passed between hops, the cache and the HTTP layer."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Credentials:
         return float("inf") if self.expiration is None else self.expiration - now
 
     def to_ecs_json(self) -> dict[str, str]:
-        """The body every SDK's container provider accepts (see client-contract.md)."""
+        """The body every SDK's container provider accepts (docs/clients.md, "The response")."""
         if self.expiration is None or self.session_token is None:
             raise ValueError("only temporary credentials with an expiration are served")
         body = {

@@ -1,7 +1,7 @@
 """``rolebroker doctor``: why an SDK in this environment does not get its credentials.
 
-Only two SDKs show the daemon's error message, and most bypass the endpoint silently
-when something earlier in their chain has credentials (client-contract.md). So the
+Only some SDKs show the daemon's error message, and most bypass the endpoint silently
+when something earlier in their chain has credentials (docs/clients.md). So the
 doctor checks the daemon, then this environment, and for every finding says what is
 wrong, why it matters and the exact fix. It never prints a secret: variable names and
 setting names only, never their values (except profile names, hosts and ports).
@@ -47,7 +47,7 @@ from rolebroker.shellenv import (
 )
 
 WEB_IDENTITY = "AWS_WEB_IDENTITY_TOKEN_FILE"
-# Hosts aws-sdk-js v2 (Serverless v3) and the AWS CLI v2 before 2.15 accept (client-contract.md A1).
+# Hosts aws-sdk-js v2 (Serverless v3) and the AWS CLI v2 before 2.15 accept (docs/clients.md, "The request").
 _EVERY_CLIENT_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 

@@ -26,7 +26,7 @@ from rolebroker.cache import CacheEntry, Clock, CredentialCache
 from rolebroker.config import Settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InvalidMfaCode
-from rolebroker.providers import CredentialProvider, MfaSession, chain_of
+from rolebroker.hops import Hop, MfaSessionHop, chain_of
 
 log = logging.getLogger("rolebroker")
 
@@ -56,8 +56,8 @@ def code_from_body(raw: bytes) -> str:
     return code
 
 
-def mfa_session_of(provider: CredentialProvider) -> MfaSession | None:
-    return next((hop for hop in chain_of(provider) if isinstance(hop, MfaSession)), None)
+def mfa_session_of(hop: Hop) -> MfaSessionHop | None:
+    return next((hop for hop in chain_of(hop) if isinstance(hop, MfaSessionHop)), None)
 
 
 # -- notifications and hooks: blocking, always run in a worker thread -------------------------
@@ -152,7 +152,7 @@ class MfaWatcher:
     def __init__(
         self,
         cache: CredentialCache,
-        targets: Callable[[], Iterable[CredentialProvider]],
+        targets: Callable[[], Iterable[Hop]],
         *,
         settings: Callable[[], Settings],
         clock: Clock = time.time,
@@ -177,7 +177,7 @@ class MfaWatcher:
 
     # -- the code hand-off ----------------------------------------------------------------
 
-    async def submit(self, hop: MfaSession, code: str) -> Credentials:
+    async def submit(self, hop: MfaSessionHop, code: str) -> Credentials:
         """Spend ``code`` on one GetSessionToken; every chain through ``hop`` then works."""
         if not valid_code(code):
             raise InvalidMfaCode(f"an MFA code is 6 digits; run: rolebroker mfa {hop.unlock_profile}")
@@ -201,15 +201,15 @@ class MfaWatcher:
         warn_before = max(self._settings().refresh_before, MFA_WARN_BEFORE)
         return expiration - min(warn_before, lifetime / 2)
 
-    def state(self, hop: MfaSession, now: float) -> str:
+    def state(self, hop: MfaSessionHop, now: float) -> str:
         entry = self._cache.entry(hop)
         if entry is None:
             return "required"
         return "expiring" if now >= self.warn_at(entry) else "active"
 
-    def status_fields(self, hops: Iterable[CredentialProvider], now: float) -> dict[str, Any]:
+    def status_fields(self, hops: Iterable[Hop], now: float) -> dict[str, Any]:
         """The MFA part of a profile's /status row (empty for chains without MFA)."""
-        hop = next((h for h in hops if isinstance(h, MfaSession)), None)
+        hop = next((h for h in hops if isinstance(h, MfaSessionHop)), None)
         if hop is None:
             return {}
         entry = self._cache.entry(hop)
@@ -224,7 +224,7 @@ class MfaWatcher:
             "mfa_process_running": bool(hook and hook.task and not hook.task.done()),
         }
 
-    def hook_pending(self, hop: MfaSession) -> bool:
+    def hook_pending(self, hop: MfaSessionHop) -> bool:
         """Whether ``mfa_process`` is running or about to run (not backing off after failing)."""
         if not hop.mfa_process:
             return False
@@ -262,7 +262,7 @@ class MfaWatcher:
 
     def tick(self) -> None:
         now = self._clock()
-        sessions: dict[str, tuple[MfaSession, list[str]]] = {}
+        sessions: dict[str, tuple[MfaSessionHop, list[str]]] = {}
         for top in self._targets():
             hop = mfa_session_of(top)
             if hop is not None:
@@ -279,7 +279,7 @@ class MfaWatcher:
             if hop.mfa_process:
                 self._maybe_run_hook(hop, now)
 
-    def _announce_waiting(self, hop: MfaSession, profiles: list[str]) -> None:
+    def _announce_waiting(self, hop: MfaSessionHop, profiles: list[str]) -> None:
         if hop.key in self._waiting:
             return
         self._waiting.add(hop.key)
@@ -297,7 +297,7 @@ class MfaWatcher:
             "rolebroker: MFA code needed", f"profiles {names} are waiting; run: rolebroker mfa {profiles[0]}"
         )
 
-    def _warn_expiring(self, hop: MfaSession, entry: CacheEntry, profiles: list[str], now: float) -> None:
+    def _warn_expiring(self, hop: MfaSessionHop, entry: CacheEntry, profiles: list[str], now: float) -> None:
         if self._warned.get(hop.key) == entry.issued_at:
             return
         self._warned[hop.key] = entry.issued_at
@@ -330,13 +330,13 @@ class MfaWatcher:
         if self._notify is not None:
             self._spawn(asyncio.to_thread(self._notify, title, body), "notify")
 
-    def _maybe_run_hook(self, hop: MfaSession, now: float) -> None:
+    def _maybe_run_hook(self, hop: MfaSessionHop, now: float) -> None:
         hook = self._hooks.setdefault(hop.key, _Hook())
         if (hook.task is not None and not hook.task.done()) or now < hook.retry_at:
             return
         hook.task = self._spawn(self._hook(hop, hook), f"mfa_process {hop.mfa_serial}")
 
-    async def _hook(self, hop: MfaSession, hook: _Hook) -> None:
+    async def _hook(self, hop: MfaSessionHop, hook: _Hook) -> None:
         command = hop.mfa_process or ""
         try:
             code = await asyncio.to_thread(run_mfa_process, command, self._hook_timeout, self._processes.add)
@@ -352,7 +352,7 @@ class MfaWatcher:
             return
         hook.failures, hook.retry_at = 0, 0.0
 
-    def _hook_failed(self, hop: MfaSession, hook: _Hook, why: str) -> None:
+    def _hook_failed(self, hop: MfaSessionHop, hook: _Hook, why: str) -> None:
         hook.failures += 1
         pause = min(300.0, 15.0 * 2 ** (hook.failures - 1))
         hook.retry_at = self._clock() + pause

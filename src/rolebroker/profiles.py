@@ -1,4 +1,4 @@
-"""The user's AWS profiles, read through botocore, turned into provider chains."""
+"""The user's AWS profiles, read through botocore, turned into top chains."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import botocore.session
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, ConfigFileError, ProfileConfigError, ProfileNotFound
-from rolebroker.providers import (
-    CredentialProvider,
-    MfaSession,
-    ProfileSource,
+from rolebroker.hops import (
+    Hop,
+    MfaSessionHop,
     RoleHop,
     SessionTokenHop,
+    SourceHop,
     chain_of,
 )
-from rolebroker.providers.mfa_session import clamp_mfa_duration
-from rolebroker.providers.sts import StsClients
+from rolebroker.hops.mfa_session import clamp_mfa_duration
+from rolebroker.hops.sts import StsClients
 
 FileSignature = tuple[tuple[str, int, int], ...]
 
@@ -61,7 +61,7 @@ def files_signature(paths: tuple[Path, ...]) -> FileSignature:
 
 @dataclass
 class ProfileCatalog:
-    """A snapshot of the AWS config; providers are built lazily and kept for the snapshot."""
+    """A snapshot of the AWS config; hops are built lazily and kept for the snapshot."""
 
     profiles: Mapping[str, Mapping[str, str]]
     sso_sessions: Mapping[str, Mapping[str, str]]
@@ -69,7 +69,7 @@ class ProfileCatalog:
     signature: FileSignature
     session_name: str = field(default_factory=default_session_name)
     sts: StsClients = field(default_factory=StsClients)
-    _built: dict[str, CredentialProvider | BrokerError] = field(default_factory=dict)
+    _built: dict[str, Hop | BrokerError] = field(default_factory=dict)
 
     @classmethod
     def load(cls, sts: StsClients | None = None) -> ProfileCatalog:
@@ -92,12 +92,12 @@ class ProfileCatalog:
     def names(self) -> list[str]:
         return sorted(self.profiles)
 
-    def provider(self, name: str) -> CredentialProvider:
+    def hop(self, name: str) -> Hop:
         """What to call to serve profile ``name``. No I/O; memoised per snapshot."""
         built = self._built.get(name)
         if built is None:
             try:
-                built = self._serving_provider(name)
+                built = self._serving_hop(name)
             except ProfileNotFound:
                 raise  # not memoised: any local client can invent names without end
             except BrokerError as exc:
@@ -107,28 +107,28 @@ class ProfileCatalog:
             raise type(built)(built.message, code=built.code, status=built.status)
         return built
 
-    def _serving_provider(self, name: str) -> CredentialProvider:
+    def _serving_hop(self, name: str) -> Hop:
         if name not in self.profiles:
             known = ", ".join(self.names()[:20]) or "none"
             raise ProfileNotFound(
                 f"no AWS profile named {name!r} in {self.paths[0]} or {self.paths[1]} (known: {known}); "
                 "add it, then retry"
             )
-        provider = self._chain(name, ())
-        mfa = self._mfa_session(name, chain_of(provider))
+        top = self._chain(name, ())
+        mfa = self._mfa_session(name, chain_of(top))
         if mfa is not None:
-            return _above_root(provider, mfa)
-        if isinstance(provider, ProfileSource):
+            return _above_root(top, mfa)
+        if isinstance(top, SourceHop):
             # Serving a role-less profile: hand out a session, never the long-term keys.
             return SessionTokenHop(
                 profile=name,
-                source=provider,
+                source=top,
                 duration_seconds=self._int_setting(name, "duration_seconds"),
                 sts=self.sts,
             )
-        return provider
+        return top
 
-    def _chain(self, name: str, path: tuple[str, ...]) -> CredentialProvider:
+    def _chain(self, name: str, path: tuple[str, ...]) -> Hop:
         if name in path:
             loop = " -> ".join((*path, name))
             raise ProfileConfigError(
@@ -144,7 +144,7 @@ class ProfileCatalog:
         profile = self.profiles[name]
         role_arn = profile.get("role_arn")
         if not role_arn:
-            return ProfileSource(
+            return SourceHop(
                 profile=name, fingerprint=self._fingerprint(name), sso_login_hint=self._sso_hint(name)
             )
         source_name = profile.get("source_profile")
@@ -154,7 +154,7 @@ class ProfileCatalog:
                 f"profile {name!r} sets both source_profile and credential_source; keep one"
             )
         if source_name == name:
-            source: CredentialProvider = self._own_keys(name)
+            source: Hop = self._own_keys(name)
         elif source_name:
             source = self._chain(source_name, (*path, name))
         elif credential_source:
@@ -179,7 +179,7 @@ class ProfileCatalog:
             sts=self.sts,
         )
 
-    def _mfa_session(self, name: str, hops: list[CredentialProvider]) -> MfaSession | None:
+    def _mfa_session(self, name: str, hops: list[Hop]) -> MfaSessionHop | None:
         """One MFA session above the root when any profile of the chain sets mfa_serial; its
         settings come from the first profile (root first) that has them."""
         names = list(dict.fromkeys(hop.profile for hop in hops))
@@ -199,7 +199,7 @@ class ProfileCatalog:
                 code="ConflictingMfaSerial",
             )
         duration_from, process_from = first("mfa_session_duration"), first("mfa_process")
-        return MfaSession(
+        return MfaSessionHop(
             profile=hops[0].profile,
             mfa_serial=next(iter(serials)),
             source=hops[0],
@@ -211,7 +211,7 @@ class ProfileCatalog:
             sts=self.sts,
         )
 
-    def _own_keys(self, name: str) -> ProfileSource:
+    def _own_keys(self, name: str) -> SourceHop:
         profile = self.profiles[name]
         key_id, secret = profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")
         if not key_id or not secret:
@@ -220,7 +220,7 @@ class ProfileCatalog:
                 "aws_access_key_id/aws_secret_access_key"
             )
         keys = Credentials(key_id, secret, profile.get("aws_session_token") or None)
-        return ProfileSource(profile=name, fingerprint=self._fingerprint(name), static=keys)
+        return SourceHop(profile=name, fingerprint=self._fingerprint(name), static=keys)
 
     def _int_setting(self, name: str, key: str) -> int | None:
         raw = self.profiles[name].get(key)
@@ -250,13 +250,13 @@ class ProfileCatalog:
         return f"aws sso login --profile {name}"
 
 
-def _above_root(provider: CredentialProvider, mfa: MfaSession) -> CredentialProvider:
-    """``provider``'s chain with ``mfa`` between the root and the first role."""
-    source = provider.source
+def _above_root(top: Hop, mfa: MfaSessionHop) -> Hop:
+    """``top``'s chain with ``mfa`` between the root and the first role."""
+    source = top.source
     if source is None:
         return mfa  # a role-less profile is served by its MFA session
-    if not isinstance(provider, RoleHop):
-        raise BrokerError(f"cannot add an MFA session to {provider.label}")
+    if not isinstance(top, RoleHop):
+        raise BrokerError(f"cannot add an MFA session to {top.label}")
     if source.source is None:
-        return dataclasses.replace(provider, source=mfa)
-    return dataclasses.replace(provider, source=_above_root(source, mfa))
+        return dataclasses.replace(top, source=mfa)
+    return dataclasses.replace(top, source=_above_root(source, mfa))

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from rolebroker.cache import CredentialCache
-from rolebroker.providers import CredentialProvider, chain_of
+from rolebroker.hops import Hop, chain_of
 
 log = logging.getLogger("rolebroker")
 
@@ -20,7 +20,7 @@ class Refresher:
     def __init__(
         self,
         cache: CredentialCache,
-        targets: Callable[[], Iterable[CredentialProvider]],
+        targets: Callable[[], Iterable[Hop]],
         *,
         interval: float = 1.0,
     ) -> None:

@@ -14,9 +14,9 @@ import botocore.exceptions
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, MfaCodeRejected, MfaRequired, ProfileConfigError
-from rolebroker.providers.base import Attempts, CredentialProvider
-from rolebroker.providers.redact import redact
-from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.hops.base import Attempts, Hop
+from rolebroker.hops.redact import redact
+from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
 
 DEFAULT_MFA_SESSION_SECONDS = 12 * 3600
 MIN_MFA_SESSION_SECONDS = 900
@@ -31,7 +31,7 @@ def clamp_mfa_duration(seconds: int | None) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class MfaSession(CredentialProvider):
+class MfaSessionHop(Hop):
     """GetSessionToken with ``SerialNumber``/``TokenCode`` over long-term keys.
 
     Without a code, ``fetch`` fails at once with MfaRequired: no request ever waits for a
@@ -42,7 +42,7 @@ class MfaSession(CredentialProvider):
     profile: str
     """The root profile: its keys sign the call and its region/endpoint apply."""
     mfa_serial: str
-    source: CredentialProvider | None
+    source: Hop | None
     duration_seconds: int = DEFAULT_MFA_SESSION_SECONDS
     mfa_process: str | None = field(default=None, compare=False)
     """A command that prints a code (e.g. from a YubiKey), run out of band by the daemon."""
@@ -59,7 +59,7 @@ class MfaSession(CredentialProvider):
     def label(self) -> str:
         return f"MFA session {self.mfa_serial} of profile {self.profile}"
 
-    def with_code(self, code: str) -> MfaSession:
+    def with_code(self, code: str) -> MfaSessionHop:
         return dataclasses.replace(self, code=code)
 
     def fetch(self, source: Credentials | None) -> Credentials:

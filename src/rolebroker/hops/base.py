@@ -11,7 +11,7 @@ from rolebroker.errors import BrokerError
 
 class Attempts:
     """The HTTP requests one fetch really sent upstream, botocore's own retries included,
-    so /status counts every call that reached STS. ``None``: the provider does not count."""
+    so /status counts every call that reached STS. ``None``: the hop does not count."""
 
     __slots__ = ("count",)
 
@@ -23,7 +23,7 @@ class Attempts:
         self.count = (self.count or 0) + 1
 
 
-class CredentialProvider(ABC):
+class Hop(ABC):
     """One hop of a credential chain.
 
     ``key`` identifies the hop by everything that influences its result, so two profiles
@@ -31,7 +31,7 @@ class CredentialProvider(ABC):
     unchanged keeps its cached credentials.
     """
 
-    source: CredentialProvider | None
+    source: Hop | None
     profile: str
     calls_sts: ClassVar[bool] = True
     """False for roots resolved locally; /status counts STS calls by it."""
@@ -64,10 +64,10 @@ class CredentialProvider(ABC):
         return source
 
 
-def chain_of(provider: CredentialProvider) -> list[CredentialProvider]:
-    """Root first, ``provider`` last."""
-    hops: list[CredentialProvider] = []
-    current: CredentialProvider | None = provider
+def chain_of(hop: Hop) -> list[Hop]:
+    """Root first, ``hop`` last."""
+    hops: list[Hop] = []
+    current: Hop | None = hop
     while current is not None:
         hops.append(current)
         current = current.source

@@ -18,8 +18,8 @@ from rolebroker.errors import (
     SsoLoginRequired,
     UpstreamCredentialsExpired,
 )
-from rolebroker.providers.base import CredentialProvider
-from rolebroker.providers.redact import redact
+from rolebroker.hops.base import Hop
+from rolebroker.hops.redact import redact
 
 _SSO_ERRORS: tuple[type[Exception], ...] = tuple(
     getattr(botocore.exceptions, name)
@@ -29,7 +29,7 @@ _SSO_ERRORS: tuple[type[Exception], ...] = tuple(
 
 
 @dataclass(frozen=True, slots=True)
-class ProfileSource(CredentialProvider):
+class SourceHop(Hop):
     """Static keys, ``credential_process``, SSO, web identity: botocore knows them all.
 
     ``fingerprint`` is a digest of the profile's definition, so editing the keys or the
@@ -42,7 +42,7 @@ class ProfileSource(CredentialProvider):
     static: Credentials | None = field(default=None, compare=False)
     """Keys taken from the profile itself when a role profile names itself as source_profile
     (botocore would otherwise assume the role again)."""
-    source: CredentialProvider | None = field(default=None, init=False)
+    source: Hop | None = field(default=None, init=False)
     calls_sts: ClassVar[bool] = False
 
     @property

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials
-from rolebroker.providers.base import Attempts, CredentialProvider
-from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.hops.base import Attempts, Hop
+from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
 
 UNKNOWN_EXPIRY_SECONDS = 3600
 """Session credentials without a known expiry (a profile with aws_session_token) are
@@ -15,12 +15,12 @@ re-read from the profile this often."""
 
 
 @dataclass(frozen=True, slots=True)
-class SessionTokenHop(CredentialProvider):
+class SessionTokenHop(Hop):
     """GetSessionToken over long-term keys, like the ECS agent hands out only session
     credentials; credentials that are already temporary (SSO, process) pass through."""
 
     profile: str
-    source: CredentialProvider | None
+    source: Hop | None
     duration_seconds: int | None = None
     sts: StsClients = field(default_factory=StsClients, compare=False, repr=False)
 

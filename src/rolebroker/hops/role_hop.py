@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials, account_from_arn
-from rolebroker.providers.base import Attempts, CredentialProvider
-from rolebroker.providers.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.hops.base import Attempts, Hop
+from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
 
 log = logging.getLogger("rolebroker")
 
@@ -16,10 +16,10 @@ CHAINED_ROLE_MAX_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
-class RoleHop(CredentialProvider):
+class RoleHop(Hop):
     profile: str
     role_arn: str
-    source: CredentialProvider | None
+    source: Hop | None
     session_name: str
     external_id: str | None = None
     duration_seconds: int | None = None

@@ -22,8 +22,8 @@ from rolebroker.errors import (
     StsTimeout,
     StsUnavailable,
 )
-from rolebroker.providers.base import Attempts
-from rolebroker.providers.redact import redact
+from rolebroker.hops.base import Attempts
+from rolebroker.hops.redact import redact
 
 log = logging.getLogger("rolebroker")
 
