@@ -238,9 +238,13 @@ class GrantStore:
         """Revoke every live grant with this name or id; returns them (empty: none matched)."""
         now = self._clock()
         with self._lock:
-            hits = [g for g in self._grants.values() if name_or_id in (g.id, g.name) and not g.revoked]
+            hits = [
+                replace(g, revoked_at=now)
+                for g in self._grants.values()
+                if name_or_id in (g.id, g.name) and not g.revoked
+            ]
             for grant in hits:
-                self._grants[grant.id] = replace(grant, revoked_at=now)
+                self._grants[grant.id] = grant
         if hits:
             self.flush(force=True)
         return hits

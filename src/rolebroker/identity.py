@@ -1,7 +1,7 @@
 """Who is calling: the uid and process behind a loopback TCP connection, from Linux's /proc.
 
-The kernel's socket table (``/proc/net/tcp``, ``tcp6``) names the uid that created the
-client's socket and its inode; the process holding that inode is found in ``/proc/PID/fd``.
+The kernel names the uid that created the client's socket and its inode (asked by address
+pair over netlink sock_diag, else read from ``/proc/net/tcp``, ``tcp6``: see sockdiag.py); the process holding that inode is found in ``/proc/PID/fd``.
 A uid from the kernel cannot be forged by the client; the process details (exe, command line,
 cwd) are what that process shows and are for the audit log, not for decisions.
 
@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from rolebroker import procfs
+from rolebroker import procfs, sockdiag
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ def lookup_peer(
     client's socket is the row whose own address is ``peer`` and whose remote is ``local``.
     """
     try:
-        owner = procfs.socket_owner(_host_port(peer), _host_port(local), proc)
+        owner = _socket_owner(_host_port(peer), _host_port(local), proc)
     except Exception:  # best effort by contract: an identity never breaks a request
         return UNKNOWN
     if owner is None:
@@ -67,6 +67,15 @@ def lookup_peer(
         cmdline=procfs.read_cmdline(pid, proc),
         cwd=procfs.read_link(pid, "cwd", proc),
     )
+
+
+def _socket_owner(local: tuple[str, int], remote: tuple[str, int], proc: Path) -> procfs.SocketOwner | None:
+    """netlink first (one hash lookup in the kernel), the /proc tables when it is unavailable
+    (or when a test hands in a fake /proc)."""
+    if proc == procfs.PROC:
+        with contextlib.suppress(sockdiag.SockDiagUnavailable):
+            return sockdiag.socket_owner(local, remote)
+    return procfs.socket_owner(local, remote, proc)
 
 
 def _host_port(address: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:
