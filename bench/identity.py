@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rolebroker import procfs
 from rolebroker.identity import lookup_peer
@@ -38,7 +39,7 @@ def _time(rounds: int, probe: Callable[[], object]) -> str:
     return f"median {statistics.median(times):6.2f} ms, max {max(times):6.2f} ms"
 
 
-def _pairs(stack: contextlib.ExitStack, server: socket.socket, count: int) -> list[tuple[object, object]]:
+def _pairs(stack: contextlib.ExitStack, server: socket.socket, count: int) -> list[tuple[Any, Any]]:
     pairs = []
     for _ in range(count):
         client = stack.enter_context(socket.socket())
@@ -47,6 +48,16 @@ def _pairs(stack: contextlib.ExitStack, server: socket.socket, count: int) -> li
         stack.enter_context(accepted)
         pairs.append((accepted.getsockname(), peer))
     return pairs
+
+
+def _measure(local: Any, peer: Any, busy_pair: tuple[Any, Any], rounds: int) -> list[str]:
+    few = max(10, rounds // 4)
+    return [
+        _time(rounds, lambda: lookup_peer(local, peer, find_process=False).uid),
+        _time(few, lambda: lookup_peer(local, peer).pid),
+        _time(few, lambda: procfs.socket_owner(peer, local)),
+        _time(few, lambda: lookup_peer(busy_pair[0], busy_pair[1]).pid),
+    ]
 
 
 def main() -> None:
@@ -70,22 +81,23 @@ def main() -> None:
             try:
                 accepted, peer = server.accept()
                 stack.enter_context(accepted)
-                local = accepted.getsockname()
-                rounds, few = args.rounds, max(10, args.rounds // 4)
-                uid = _time(rounds, lambda: lookup_peer(local, peer, find_process=False).uid)
-                full = _time(few, lambda: lookup_peer(local, peer).pid)
-                table = _time(few, lambda: procfs.socket_owner(peer, local))
-                mid_local, mid_peer = pairs[count // 2]
-                busy = _time(few, lambda: lookup_peer(mid_local, mid_peer).pid)  # type: ignore[arg-type]
+                results = _measure(accepted.getsockname(), peer, pairs[count // 2], args.rounds)
             finally:
                 assert child.stdin is not None
                 child.stdin.close()
                 child.wait(10)
             print(f"{count:>5} connections held ({2 * count} sockets):")
-            print(f"   uid only (sock_diag)          {uid}")
-            print(f"   uid + pid, exe, cmdline, cwd  {full}")
-            print(f"   uid via /proc/net/tcp (fallback) {table}")
-            print(f"   uid + process, caller holding {2 * count} fds  {busy}")
+            for what, figures in zip(
+                (
+                    "uid only (sock_diag)",
+                    "uid + pid, exe, cmdline, cwd",
+                    "uid via /proc/net/tcp (fallback)",
+                    f"uid + process, caller holding {2 * count} fds",
+                ),
+                results,
+                strict=True,
+            ):
+                print(f"   {what:<44} {figures}")
 
 
 if __name__ == "__main__":

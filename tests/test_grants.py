@@ -79,9 +79,9 @@ def test_expiry_follows_the_clock(path: Path, clock: Clock, master: list[str]) -
 
 def test_revoked_by_name_or_id_and_all(path: Path, clock: Clock, master: list[str]) -> None:
     store = store_at(path, clock, master)
-    a, a_secret = store.create(["dev"], name="a")
+    _, a_secret = store.create(["dev"], name="a")
     b, b_secret = store.create(["dev"], name="b")
-    c, c_secret = store.create(["dev"], name="c")
+    _, c_secret = store.create(["dev"], name="c")
     assert store.revoke("a") == [store.list()[0][0]]
     assert store.revoke(b.id)[0].id == b.id
     for secret in (a_secret, b_secret):
@@ -97,7 +97,7 @@ def test_revoked_by_name_or_id_and_all(path: Path, clock: Clock, master: list[st
 
 def test_forged_and_malformed_strings_are_invalid(path: Path, clock: Clock, master: list[str]) -> None:
     store = store_at(path, clock, master)
-    grant, secret = store.create(["dev"])
+    _, secret = store.create(["dev"])
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     unknown_id = grants.grant_string(MASTER, "A" * 22)  # a correct mac for an id never issued
     for bad in (None, "", MASTER, flipped, secret + "x", "rbg1." + "A" * 66, unknown_id, secret.upper()):

@@ -1,15 +1,16 @@
 """Who is calling: the uid and process behind a loopback TCP connection, from Linux's /proc.
 
 The kernel names the uid that created the client's socket and its inode (asked by address
-pair over netlink sock_diag, else read from ``/proc/net/tcp``, ``tcp6``: see sockdiag.py); the process holding that inode is found in ``/proc/PID/fd``.
+pair over netlink sock_diag, else read from ``/proc/net/tcp``, ``tcp6``: see sockdiag.py);
+the process holding that inode is found in ``/proc/PID/fd``.
 A uid from the kernel cannot be forged by the client; the process details (exe, command line,
 cwd) are what that process shows and are for the audit log, not for decisions.
 
 Blocking (it reads /proc): call ``lookup_peer`` off the event loop, once per connection.
 Outside Linux, or when the socket is already gone, every field is None; it never raises.
 Why not psutil: ``psutil.net_connections`` parses every row of every table and maps every
-fd of every process on each call, where this does one substring search per table and stops
-at the first process holding the inode; psutil adds nothing for these five fields.
+fd of every process on each call, where this asks the kernel for one socket and stops at the
+first process holding its inode; psutil adds nothing for these five fields.
 """
 
 from __future__ import annotations
