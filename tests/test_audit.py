@@ -13,8 +13,8 @@ from rolebroker import audit
 from rolebroker.audit import AuditLog, follow, format_table, read_audit
 from rolebroker.identity import CallerIdentity
 
-MASTER = "Qx7-_" + "k" * 38  # url-safe like a real token, with - and _ that split base64 runs
-GRANT = "rbg1.AAAAAAAAAAAAAAAAAAAAAA." + "B" * 43
+MASTER = "abcd.efgh.ijkl.mnop.qrst.uvwx.yz12.3456"  # a user-chosen token: no long run to spot
+GRANT = "rbg1.AAAAAAAAAAAAAAAAAAAAAA." + "B" * 20 + "-" + "C" * 10 + "_" + "D" * 11  # no base64 run
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 ACCESS_KEY = "ASIAIOSFODNN7EXAMPLE"
 

@@ -49,9 +49,8 @@ def test_own_connection_names_our_uid_and_pid(family: int, host: str) -> None:
     assert found.pid == os.getpid()
     assert found.exe == os.readlink("/proc/self/exe")
     assert found.cwd == os.getcwd()
-    assert found.cmdline is not None and found.cmdline[0] == open("/proc/self/cmdline", "rb").read().split(
-        b"\0"
-    )[0].decode("utf-8", "replace")
+    argv0 = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
+    assert found.cmdline is not None and found.cmdline[0] == argv0
 
 
 def test_the_proc_table_fallback_agrees_with_netlink() -> None:

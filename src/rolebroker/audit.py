@@ -8,7 +8,8 @@ line written says how many were lost.
 
 Never a secret: records carry no token, grant string or key, and the free text that a caller
 chooses (command line, user agent) is bounded and scrubbed of anything that looks like one
-(the master token itself, grant strings, AWS keys, long base64 runs). Lines are ASCII JSON
+(the master token itself, whatever its form; url-safe and base64 runs such as grant macs and
+generated tokens; AWS keys and ``token=``-style pairs). Lines are ASCII JSON
 (``ensure_ascii``), so no control or bidi character reaches a terminal that prints the file.
 """
 
@@ -43,9 +44,9 @@ _FIELD = 256
 _LONG_FIELD = 1024
 _MAX_ARGS = 64
 _REDACTED = "<redacted>"
-_GRANT = re.compile(r"rbg1\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
 _URLSAFE_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")
-"""The master token is 43 url-safe characters; hops.redact only knows standard base64."""
+"""Generated master tokens (43) and grant macs (43) are url-safe runs that hops.redact, which
+knows standard base64, misses when they contain ``-`` or ``_``."""
 
 
 def default_audit_file(environ: Mapping[str, str]) -> Path:
@@ -151,7 +152,6 @@ class AuditLog:
         for secret in self._secrets():
             if secret:
                 text = text.replace(secret, _REDACTED)
-        text = _GRANT.sub(_REDACTED, text)
         text = _URLSAFE_RUN.sub(_REDACTED, text)
         return redact(text, limit=limit)
 

@@ -260,8 +260,9 @@ class GrantStore:
 
     def list(self) -> list[tuple[Grant, float | None]]:
         """Every grant kept, with its last use, oldest first."""
-        grants = sorted(self._grants.values(), key=lambda g: g.created_at)
-        return [(g, self._last_used.get(g.id)) for g in grants]
+        with self._lock:  # create/revoke may run on another thread
+            grants = sorted(self._grants.values(), key=lambda g: g.created_at)
+            return [(g, self._last_used.get(g.id)) for g in grants]
 
     def flush(self, *, force: bool = False) -> None:
         """Write the file if anything changed (blocking: call it from a thread or the
