@@ -15,6 +15,7 @@ import pytest
 
 from rolebroker import identity, procfs, sockdiag
 from rolebroker.identity import CallerIdentity, lookup_peer
+from tests.support.ci import skip_or_fail
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
 
@@ -60,6 +61,16 @@ def test_the_proc_table_fallback_agrees_with_netlink() -> None:
         assert sockdiag.socket_owner(peer, local) == procfs.SocketOwner(os.getuid(), inode)
 
 
+def test_without_netlink_the_proc_tables_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*_: object) -> None:
+        raise sockdiag.SockDiagUnavailable("netlink refused")
+
+    monkeypatch.setattr(sockdiag, "socket_owner", refused)
+    with connection(socket.AF_INET, "127.0.0.1") as (_, local, peer):
+        found = lookup_peer(local, peer)
+    assert (found.uid, found.pid) == (os.getuid(), os.getpid())
+
+
 @pytest.mark.skipif(not _HAS_V6, reason="no IPv6 loopback")
 def test_v4_mapped_addresses_either_way() -> None:
     # A dual-stack daemon socket sees an IPv4 client as ::ffff:127.0.0.1 ...
@@ -95,11 +106,13 @@ _CLIENT = (
 )
 
 
-@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@pytest.mark.skipif(os.getuid() != 0, reason="running a process as uid 4242 needs root")
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not _HAS_V6, reason="no v6"))]
 )
 def test_another_users_connection_reports_that_uid(host: str) -> None:
+    if not shutil.which("setpriv"):
+        skip_or_fail("setpriv (util-linux) is not installed")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as server:
         server.bind((host, 0))
