@@ -168,3 +168,10 @@ def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tu
     live = {name: getattr(fresh, name) for name in LIVE_SETTINGS if changed(name)}
     restart = [name for name in RESTART_SETTINGS if changed(name)]
     return replace(current, **live, config_file=fresh.config_file), restart
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/rolebroker`` (else ``~/.local/state/rolebroker``): files that must
+    outlive a logout, such as the grants and the audit log."""
+    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "rolebroker"

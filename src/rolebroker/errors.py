@@ -246,3 +246,42 @@ class ServerBusy(BrokerError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1", "Connection": "close"}
+
+
+# -- grants: scoped credentials for the endpoint (see grants.py) --------------------------
+
+
+class GrantScope(BrokerError):
+    """A valid grant asked for a profile it does not cover; the message names what it covers."""
+
+    status = 403
+    code = "GrantScope"
+    reached_upstream = False
+
+
+class GrantExpired(BrokerError):
+    status = 403
+    code = "GrantExpired"
+    reached_upstream = False
+
+
+class GrantRevoked(BrokerError):
+    status = 403
+    code = "GrantRevoked"
+    reached_upstream = False
+
+
+class GrantLimitReached(BrokerError):
+    """The grants file is full of live grants: new ones would make it grow without bound."""
+
+    status = 409
+    code = "GrantLimitReached"
+    reached_upstream = False
+
+
+class InvalidGrantRequest(BrokerError):
+    """A grant asked for with no profile, a bad name or a bad duration."""
+
+    status = 400
+    code = "InvalidGrantRequest"
+    reached_upstream = False

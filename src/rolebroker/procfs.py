@@ -164,3 +164,110 @@ def _pids(proc: Path) -> Iterator[int]:
     for name in names:
         if name.isdigit():
             yield int(name)
+
+
+# -- who is on the other end of a loopback connection (see identity.py) -----------------------
+
+_MAX_CMDLINE = 4096
+"""Bytes read from one /proc/PID/cmdline: the audit log keeps a bounded command line."""
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOwner:
+    """The kernel's record of one TCP socket: the uid that created it and its inode."""
+
+    uid: int
+    inode: int
+
+
+def encode_address(host: str, port: int) -> str:
+    """The inverse of ``decode_address``: (``127.0.0.1``, 9927) -> ``0100007F:26C7``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = socket.inet_pton(family, host)
+    words = "".join(f"{int.from_bytes(raw[i : i + 4], sys.byteorder):08X}" for i in range(0, len(raw), 4))
+    return f"{words}:{port:04X}"
+
+
+def _table_forms(host: str) -> list[tuple[str, str]]:
+    """(table, spelling) pairs under which a loopback address can appear: an IPv4 peer may
+    hold an AF_INET socket (``tcp``) or a dual-stack AF_INET6 one (``tcp6``, v4-mapped)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [("tcp", str(ip)), ("tcp6", f"::ffff:{ip}")]
+    return [("tcp6", str(ip))]
+
+
+def socket_owner(local: tuple[str, int], remote: tuple[str, int], proc: Path = PROC) -> SocketOwner | None:
+    """The socket whose own address is ``local`` and whose peer is ``remote`` (for a
+    connection the daemon accepted: local = the client's address, remote = the daemon's).
+    One substring search per table, no per-row parsing: ~1,000 sockets cost well under a
+    millisecond more than 50."""
+    try:
+        local_forms = _table_forms(local[0])
+        remote_forms = dict(_table_forms(remote[0]))
+    except ValueError:
+        return None
+    for table, host in local_forms:
+        peer = remote_forms.get(table)
+        if peer is None:
+            continue
+        try:
+            needle = f" {encode_address(host, local[1])} {encode_address(peer, remote[1])} "
+            text = (proc / "net" / table).read_text()
+        except (OSError, ValueError):
+            continue
+        at = text.find(needle)
+        while at >= 0:
+            # local remote st tx:rx tr:when retrnsmt uid timeout inode ...
+            fields = text[at : text.find("\n", at)].split()
+            with contextlib.suppress(IndexError, ValueError):
+                if int(fields[8]):  # inode 0: a TIME_WAIT leftover of an earlier connection
+                    return SocketOwner(int(fields[6]), int(fields[8]))
+            at = text.find(needle, at + 1)
+    return None
+
+
+def process_holding(inode: int, uid: int | None = None, proc: Path = PROC) -> int | None:
+    """The first process found with ``socket:[inode]`` open. Newest pids first (a client
+    that just connected is usually young), and only processes owned by ``uid`` when given."""
+    wanted = f"socket:[{inode}]"
+    for pid in sorted(_pids(proc), reverse=True):
+        base = proc / str(pid)
+        try:
+            if uid is not None and base.stat().st_uid != uid:
+                continue
+            fds = os.listdir(base / "fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{base}/fd/{fd}") == wanted:
+                    return pid
+    return None
+
+
+def read_cmdline(pid: int, proc: Path = PROC, limit: int = _MAX_CMDLINE) -> tuple[str, ...] | None:
+    """The arguments of ``pid`` from at most ``limit`` bytes (a longer command line ends with
+    ``...``); None when hidden. Not made printable here: callers escape for their medium."""
+    try:
+        with (proc / str(pid) / "cmdline").open("rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError:
+        return None
+    cut = len(raw) > limit
+    argv = [a.decode("utf-8", "replace") for a in raw[:limit].rstrip(b"\0").split(b"\0")]
+    if cut:
+        argv[-1] += "..."
+    return tuple(argv) if raw else None
+
+
+def read_link(pid: int, name: str, proc: Path = PROC) -> str | None:
+    """``/proc/PID/exe`` or ``cwd``; None when hidden or gone."""
+    try:
+        return os.readlink(proc / str(pid) / name)
+    except OSError:
+        return None

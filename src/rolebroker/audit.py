@@ -1,0 +1,375 @@
+"""The audit log: one JSON line per credential request, saying who asked for what.
+
+``$XDG_STATE_HOME/rolebroker/audit.jsonl`` (0600, in a 0700 directory), rotated by size
+(``audit.jsonl.1`` .. ``.3``), so it never takes more than (backups + 1) x max_bytes. Lines
+are written by a background thread from a bounded queue: a request only enqueues (never
+waits on the disk), and when the queue is full the record is dropped and counted; the next
+line written says how many were lost.
+
+Never a secret: records carry no token, grant string or key, and the free text that a caller
+chooses (command line, user agent) is bounded and scrubbed of anything that looks like one
+(the master token itself, whatever its form; url-safe and base64 runs such as grant macs and
+generated tokens; AWS keys and ``token=``-style pairs). Lines are ASCII JSON
+(``ensure_ascii``), so no control or bidi character reaches a terminal that prints the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rolebroker.config import default_state_dir
+from rolebroker.hops.redact import redact
+from rolebroker.identity import CallerIdentity
+from rolebroker.logs import escape
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 5 << 20
+BACKUPS = 3
+QUEUE_SIZE = 1000
+"""Records waiting for the writer; beyond this they are dropped (and counted)."""
+_FIELD = 256
+_LONG_FIELD = 1024
+_MAX_ARGS = 64
+_REDACTED = "<redacted>"
+_URLSAFE_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")
+"""Generated master tokens (43) and grant macs (43) are url-safe runs that hops.redact, which
+knows standard base64, misses when they contain ``-`` or ``_``."""
+
+
+def default_audit_file(environ: Mapping[str, str]) -> Path:
+    return default_state_dir(environ) / "audit.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One credential request. ``outcome`` is ``OK`` or the error code the client got."""
+
+    time: str
+    profile: str
+    outcome: str
+    status: int
+    role_arn: str | None = None
+    grant: str | None = None
+    uid: int | None = None
+    pid: int | None = None
+    exe: str | None = None
+    cmdline: list[str] | None = None
+    cwd: str | None = None
+    user_agent: str | None = None
+
+
+def _now_iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class AuditLog:
+    """Bounded, non-blocking, secret-free audit lines (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        secrets: Callable[[], Iterable[str]] = lambda: (),
+        max_bytes: int = MAX_BYTES,
+        backups: int = BACKUPS,
+        queue_size: int = QUEUE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._secrets = secrets
+        """Exact strings never to write (the master token): scrubbed from caller text."""
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._clock = clock
+        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        """Records lost because the queue was full (since start)."""
+        self.write_errors = 0
+        self._unreported = 0
+
+    # -- request path ------------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        profile: str,
+        outcome: str,
+        status: int,
+        role_arn: str | None = None,
+        grant: str | None = None,
+        caller: CallerIdentity | None = None,
+        user_agent: str | None = None,
+    ) -> bool:
+        """Enqueue one line; never blocks. False when it was dropped (queue full)."""
+        who = caller or CallerIdentity()
+        entry = AuditRecord(
+            time=_now_iso(self._clock()),
+            profile=_bounded(profile, _FIELD) or "",
+            outcome=_bounded(outcome, 64) or "",
+            status=status,
+            role_arn=_bounded(role_arn, _LONG_FIELD),
+            grant=_bounded(grant, 64),
+            uid=who.uid,
+            pid=who.pid,
+            exe=_bounded(who.exe, _LONG_FIELD),
+            cmdline=self._scrub_args(who.cmdline),
+            cwd=_bounded(who.cwd, _LONG_FIELD),
+            user_agent=self._scrub(user_agent, _FIELD),
+        )
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+                self._unreported += 1
+            return False
+        return True
+
+    def _scrub(self, text: str | None, limit: int) -> str | None:
+        if text is None:
+            return None
+        for secret in self._secrets():
+            if secret:
+                text = text.replace(secret, _REDACTED)
+        text = _URLSAFE_RUN.sub(_REDACTED, text)
+        return redact(text, limit=limit)
+
+    def _scrub_args(self, argv: tuple[str, ...] | None) -> list[str] | None:
+        if argv is None:
+            return None
+        kept = [self._scrub(a, _FIELD) or "" for a in argv[:_MAX_ARGS]]
+        if len(argv) > _MAX_ARGS:
+            kept.append(f"... {len(argv) - _MAX_ARGS} more")
+        total, out = 0, []
+        for arg in kept:
+            total += len(arg)
+            if total > _LONG_FIELD:
+                out.append("...")
+                break
+            out.append(arg)
+        return out
+
+    # -- writer ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="rolebroker-audit", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the writer (at shutdown)."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 256:
+                    batch.append(self._queue.get_nowait())
+            stop = None in batch
+            lines = [self._line(r) for r in batch if r is not None]
+            with self._lock:
+                lost, self._unreported = self._unreported, 0
+            if lost:
+                lines.insert(0, self._dropped_line(lost))
+            if lines:
+                self._write(lines)
+            if stop:
+                return
+
+    def _line(self, entry: AuditRecord) -> bytes:
+        fields = {k: v for k, v in asdict(entry).items() if v is not None}
+        return (json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+    def _dropped_line(self, count: int) -> bytes:
+        line = {"time": _now_iso(self._clock()), "event": "dropped", "count": count}
+        return (json.dumps(line, separators=(",", ":")) + "\n").encode("ascii")
+
+    def _write(self, lines: list[bytes]) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for line in lines:
+                self._rotate_if_needed(len(line))
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self.write_errors += 1
+            if self.write_errors == 1 or self.write_errors % 1000 == 0:
+                log.warning("cannot write the audit log %s: %s", self.path, exc.strerror or exc)
+
+    def _rotate_if_needed(self, incoming: int) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size + incoming <= self._max_bytes:
+            return
+        if self._backups <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for n in range(self._backups - 1, 0, -1):
+            older = _rotated(self.path, n)
+            if older.exists():
+                os.replace(older, _rotated(self.path, n + 1))
+        os.replace(self.path, _rotated(self.path, 1))
+
+
+def _rotated(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}")
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def _files_oldest_first(path: Path) -> list[Path]:
+    rotated = sorted(
+        (p for p in path.parent.glob(path.name + ".*") if p.name[len(path.name) + 1 :].isdigit()),
+        key=lambda p: int(p.name[len(path.name) + 1 :]),
+        reverse=True,
+    )
+    return [*rotated, path]
+
+
+def _parse_time(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(text, layout).replace(tzinfo=UTC).timestamp()
+    return None
+
+
+def _matches(record: Mapping[str, Any], profile: str | None, since: float | None) -> bool:
+    if "event" in record:  # a 'dropped' marker: shown unless a profile is asked for
+        return profile is None and (since is None or (_parse_time(record.get("time")) or 0) >= since)
+    if profile is not None and record.get("profile") != profile:
+        return False
+    if since is not None:
+        moment = _parse_time(record.get("time"))
+        if moment is None or moment < since:
+            return False
+    return True
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    with contextlib.suppress(ValueError):
+        record = json.loads(line)
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def read_audit(
+    path: Path, profile: str | None = None, since: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every record across the rotated files, oldest first; unreadable lines are skipped."""
+    for file in _files_oldest_first(path):
+        try:
+            handle = file.open("rb")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                record = _parse_line(line)
+                if record is not None and _matches(record, profile, since):
+                    yield record
+
+
+def follow(
+    path: Path,
+    profile: str | None = None,
+    since: float | None = None,
+    *,
+    interval: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[dict[str, Any]]:
+    """``tail -f``: the records so far, then new ones as they are written, across rotations
+    (a new file at ``path`` is read from its start). Ends when ``stop()`` is true."""
+    yield from read_audit(path, profile, since)
+    handle = None
+    inode = None
+    with contextlib.suppress(OSError):
+        handle = path.open("rb")
+        handle.seek(0, os.SEEK_END)
+        inode = os.fstat(handle.fileno()).st_ino
+    try:
+        pending = b""
+        while not stop():
+            if handle is not None:
+                chunk = handle.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        record = _parse_line(line)
+                        if record is not None and _matches(record, profile, since):
+                            yield record
+                    continue
+            try:
+                current = path.stat().st_ino
+            except OSError:
+                current = None
+            if current is not None and current != inode:  # rotated: read the new file
+                if handle is not None:
+                    handle.close()
+                handle, inode, pending = path.open("rb"), current, b""
+                continue
+            sleep(interval)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def format_table(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """Lines for ``rolebroker audit``: time, profile, outcome, grant, uid, pid, command.
+    Every field is escaped: the file's text came from callers."""
+    yield f"{'TIME':<23} {'PROFILE':<20} {'OUTCOME':<18} {'GRANT':<16} {'UID':>6} {'PID':>7}  COMMAND"
+    for record in records:
+        if "event" in record:
+            count = _cell(record.get("count"), 12).strip()
+            yield f"{_cell(record.get('time'), 23)} ({count} records dropped: the queue was full)"
+            continue
+        command = " ".join(record.get("cmdline") or []) or record.get("exe") or "?"
+        yield (
+            f"{_cell(record.get('time'), 23)} {_cell(record.get('profile'), 20)} "
+            f"{_cell(record.get('outcome'), 18)} {_cell(record.get('grant') or '-', 16)} "
+            f"{_cell(record.get('uid'), 6, right=True)} {_cell(record.get('pid'), 7, right=True)}  "
+            f"{escape(str(command))[:120]}"
+        )
+
+
+def _cell(value: object, width: int, *, right: bool = False) -> str:
+    text = escape("-" if value is None else str(value))
+    if len(text) > width:
+        text = text[: width - 1] + "~"
+    return text.rjust(width) if right else text.ljust(width)
