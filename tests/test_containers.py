@@ -238,10 +238,14 @@ def test_without_the_drop_rule_the_static_arp_neighbour_gets_through(net: Bridge
     assert stub.stop() != [] and direct["ok"], direct
 
 
-def test_a_container_publishing_host_port_80_does_not_capture_credential_requests(net: BridgeNet) -> None:
+@pytest.mark.parametrize("docker_first", [True, False], ids=["docker-rules-first", "docker-rules-later"])
+def test_a_container_publishing_host_port_80_does_not_capture_credential_requests(
+    net: BridgeNet, docker_first: bool
+) -> None:
     """Docker DNATs a published port for every local address, 169.254.170.2 included, at
-    priority dstnat. Its table exists first (the hook order among equal priorities is then
-    Docker first): only our earlier priority keeps container1's request for the daemon."""
+    priority dstnat. Among equal priorities the order depends on which table came first
+    (Docker restarts re-create its rules at any time): only an earlier priority keeps
+    container1's request for the daemon in both orders."""
     docker_like = (
         "table ip dockerlike {\n"
         "\tchain prerouting {\n"
@@ -250,8 +254,11 @@ def test_a_container_publishing_host_port_80_does_not_capture_credential_request
         "\t}\n"
         "}\n"
     )
-    net.host.run("nft", "-f", "-", stdin=docker_like)
+    if docker_first:
+        net.host.run("nft", "-f", "-", stdin=docker_like)
     set_up(net)
+    if not docker_first:
+        net.host.run("nft", "-f", "-", stdin=docker_like)
     stub = net.start_stub(PORT)
     result = net.probe(net.container1, f"http://{ADDRESS}/v2/credentials/grant-1", timeout=1.0)
     assert [r["peer"] for r in stub.stop()] == [CONTAINER1], result
