@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from rolebroker import containers
 from rolebroker.containers import ADDRESS, ContainerSetupError, Outcome
-from rolebroker.containers_cli import containers_group
-from rolebroker.doctor import Level
+from rolebroker.containers_cli import containers_group, render_findings
+from rolebroker.doctor import Finding, Level
 from tests.support.bridgenet import CONTAINER1, CONTAINER2, HOST_LAN, BridgeNet, bridgenet, namespace_problem
 from tests.support.ci import skip_or_fail
 
@@ -146,6 +146,8 @@ def test_apply_stops_at_a_real_failure_and_names_the_command() -> None:
     ):
         containers.apply(containers.setup_plan(PORT), runner)
     assert len(runner.ran) == 1
+    with pytest.raises(ContainerSetupError, match="--link-kind bridge"):
+        containers.apply(containers.setup_plan(PORT), runner)
 
 
 def test_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
@@ -161,6 +163,22 @@ def test_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
     no_root = FakeRunner({("nft",): Outcome(1, "", "Error: Operation not permitted")})
     rules = containers.check(PORT, no_root, tmp_path)[1]
     assert rules.level is Level.NOTE and rules.fix == "sudo rolebroker doctor --containers"
+
+
+def test_doctor_section_shows_each_fix() -> None:
+    findings = [
+        Finding(Level.OK, "rolebroker0 holds 169.254.170.2 and is up"),
+        Finding(
+            Level.PROBLEM,
+            "nftables table inet rolebroker is missing",
+            "why",
+            "rolebroker containers setup --apply",
+        ),
+    ]
+    text = render_findings(findings)
+    assert "  ok       rolebroker0 holds" in text
+    assert "  PROBLEM  nftables table inet rolebroker is missing" in text
+    assert "fix: rolebroker containers setup --apply" in text
 
 
 def test_cli_prints_the_plan_without_apply() -> None:

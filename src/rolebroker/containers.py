@@ -261,8 +261,14 @@ def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
             report.append(f"already {'there' if plan.action == 'setup' else 'gone'}: {step.why}")
         else:
             detail = " ".join(outcome.stderr.split())[:300] or f"exit status {outcome.returncode}"
+            hint = (
+                " This kernel has no dummy interface driver: run `rolebroker containers setup "
+                "--link-kind bridge --apply` (a bridge without ports holds the address as well)."
+                if "Unknown device type" in outcome.stderr and "dummy" in step.argv
+                else ""
+            )
             raise ContainerSetupError(
-                f"'{shlex.join(step.argv)}' failed ({detail}). Fix the cause and run the same "
+                f"'{shlex.join(step.argv)}' failed ({detail}).{hint} Fix the cause and run the same "
                 f"command again: every step is safe to repeat. `rolebroker containers {plan.action}` "
                 "without --apply prints the commands."
             )
