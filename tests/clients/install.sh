@@ -3,7 +3,7 @@
 #   - tests/clients/node_modules from package-lock.json (npm ci) when absent or stale;
 #   - Debian packages when missing, as root or through passwordless sudo: `awscli`
 #     (AWS CLI v2, /usr/bin/aws), `systemd` (systemd-analyze, systemd-socket-activate),
-#     `util-linux` (unshare), `zsh` and `fish`.
+#     `util-linux` (unshare, nsenter), `iproute2` (ip), `nftables` (nft), `zsh` and `fish`.
 # boto3 and the pip AWS CLI v1 come from the project's `test` extra, not from here.
 #
 # Idempotent: a second run does nothing and says so. Without CI a client that cannot be
@@ -109,9 +109,12 @@ ensure_debian_package() {
 install_node_clients
 ensure_debian_package /usr/bin/aws awscli "AWS CLI v2"
 # systemd-analyze and systemd-socket-activate for the unit and socket-activation tests,
-# unshare for the Serverless namespace test, zsh and fish for the shell set-up tests.
+# unshare for the Serverless and container namespace tests, zsh and fish for the shell set-up tests.
 ensure_debian_package /usr/bin/systemd-socket-activate systemd "systemd tools"
 ensure_debian_package /usr/bin/unshare util-linux "unshare"
+# ip and nft for the container set-up tests (bridges, veths and rules in private namespaces).
+ensure_debian_package /sbin/ip iproute2 "iproute2"
+ensure_debian_package /usr/sbin/nft nftables "nftables"
 ensure_debian_package /usr/bin/zsh zsh "zsh"
 ensure_debian_package /usr/bin/fish fish "fish"
 
