@@ -22,6 +22,7 @@ from typing import Any
 from rolebroker import discovery, procfs
 from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.statusdoc import StatusDoc
 
 CLIENT_HOST = "127.0.0.1"
 """The one host every SDK accepts in FULL_URI without a DNS lookup (docs/clients.md); the CLI uses it too."""
@@ -149,13 +150,13 @@ class DaemonClient:
             )
         return body
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
         body = self.checked("GET", "/status").json_object()
         if body is None:
             raise DaemonError(
                 502, "BadReply", "GET /status did not return a JSON object; is that rolebroker?"
             )
-        return body
+        return StatusDoc.from_json(body)
 
     def credentials(self, profile: str) -> Reply:
         """The raw ECS JSON reply (the body is what curl would print)."""

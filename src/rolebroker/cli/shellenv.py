@@ -17,7 +17,7 @@ from pathlib import Path
 import botocore.configloader
 import botocore.exceptions
 
-from rolebroker.profiles import aws_config_paths
+from rolebroker.awsfiles import aws_config_paths
 
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
