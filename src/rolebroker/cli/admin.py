@@ -6,23 +6,24 @@ Errors are one line that says what to do. ``status`` reads the typed /status doc
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from rolebroker import procfs
 from rolebroker.authtoken import new_token, write_token
 from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.config import Settings
 from rolebroker.mfacode import valid_code
-from rolebroker.statusdoc import ProfileStatus, StatusDoc
+
+if TYPE_CHECKING:
+    from rolebroker.statusdoc import ProfileStatus, StatusDoc
 
 
 @click.command("status")
@@ -80,6 +81,8 @@ def _rotate_token(settings: Settings) -> None:
             where = f"rolebroker is not running on 127.0.0.1:{settings.port}; wrote a new token"
     done = f"rolebroker: {where} in {settings.token_file}; the old token is refused from now on"
     click.echo(done, err=True)
+    from rolebroker import procfs  # rarely used: not imported by every command
+
     users = procfs.processes_exporting(shellenv.TOKEN, old) if old else []
     rerun = 'eval "$(rolebroker env PROFILE)"'
     if users:
@@ -234,6 +237,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _ago(stamp: str | None, now: float) -> str:
+    import calendar
+
     if not isinstance(stamp, str):
         return "-"
     try:

@@ -17,12 +17,14 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rolebroker import discovery, procfs
+from rolebroker import discovery
 from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
-from rolebroker.statusdoc import StatusDoc
+
+if TYPE_CHECKING:
+    from rolebroker.statusdoc import StatusDoc
 
 CLIENT_HOST = "127.0.0.1"
 """The one host every SDK accepts in FULL_URI without a DNS lookup (docs/clients.md); the CLI uses it too."""
@@ -151,6 +153,8 @@ class DaemonClient:
         return body
 
     def status(self) -> StatusDoc:
+        from rolebroker.statusdoc import StatusDoc  # only status and doctor read it
+
         body = self.checked("GET", "/status").json_object()
         if body is None:
             raise DaemonError(
@@ -266,6 +270,8 @@ class DaemonClient:
         """Say who listens, as far as this machine shows it: another user (a squatter), or a
         daemon of ours that uses another token file (named by its discovery file)."""
         where = f"{CLIENT_HOST}:{self.settings.port}"
+        from rolebroker import procfs  # only on this rare failure
+
         holders = procfs.holders_of(CLIENT_HOST, self.settings.port)
         foreign = [h for h in holders if h.uid != os.getuid()]
         daemon = discovery.read(discovery.discovery_file(os.environ))
