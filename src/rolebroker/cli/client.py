@@ -5,12 +5,11 @@ The token is sent only on a connection whose listener first proved that it knows
 squatter must learn nothing from the CLI.
 
 Plain ``http.client`` on purpose: no proxy settings apply (SDKs never proxy the endpoint
-either), it starts fast, and it adds no dependency to the CLI.
+either), it adds no dependency to the CLI, and it is imported only by the commands that send a request.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sys
@@ -24,6 +23,8 @@ from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
 
 if TYPE_CHECKING:
+    import http.client
+
     from rolebroker.statusdoc import StatusDoc
 
 CLIENT_HOST = "127.0.0.1"
@@ -219,6 +220,8 @@ class DaemonClient:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             body = json.dumps(json_body)
+        import http.client  # not at module level: `rolebroker token` reads a file and sends nothing
+
         connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
         try:
             if proof_token is not None:
