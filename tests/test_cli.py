@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rolebroker.main import cli
+from rolebroker.cli.main import cli
 from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import CHAIN_CONFIG, AwsHome, Daemon

@@ -1,4 +1,4 @@
-"""The root set-up for local containers (rolebroker.containers): the generated commands,
+"""The root set-up for local containers (rolebroker.cli.containers_setup): the generated commands,
 rules and unit as text, then the real thing in private network namespaces: a container on a
 ``br-*`` bridge reaches the daemon's port through 169.254.170.2:80, a LAN neighbour with a
 static ARP entry gets nothing, teardown leaves nothing behind."""
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rolebroker import containers
-from rolebroker.containers import ADDRESS, ContainerSetupError, Outcome
-from rolebroker.containers_cli import containers_group, render_findings
-from rolebroker.doctor import Finding, Level
+from rolebroker.cli import containers_setup as containers
+from rolebroker.cli.containers import containers_group, render_findings
+from rolebroker.cli.containers_setup import ADDRESS, ContainerSetupError, Outcome
+from rolebroker.cli.doctor import Finding, Level
 from tests.support.bridgenet import CONTAINER1, CONTAINER2, HOST_LAN, BridgeNet, bridgenet, namespace_problem
 from tests.support.ci import skip_or_fail
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rolebroker import export
-from rolebroker.client import DaemonClient, DaemonError, Reply
-from rolebroker.main import cli
+from rolebroker.cli import export
+from rolebroker.cli.client import DaemonClient, DaemonError, Reply
+from rolebroker.cli.main import cli
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import Daemon
 from tests.support.moto import MotoServer

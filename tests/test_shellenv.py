@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rolebroker import shellenv
-from rolebroker.shellenv import AwsConfigView, plan, read_aws_config
+from rolebroker.cli import shellenv
+from rolebroker.cli.shellenv import AwsConfigView, plan, read_aws_config
 from tests.support.ci import skip_or_fail
 from tests.support.cli import cli_env, rolebroker_on_path, run_cli
 from tests.support.clients import CLIENTS_DIR, require_node_package

@@ -1,3 +1,3 @@
-from rolebroker.main import cli
+from rolebroker.cli.main import cli
 
 cli()

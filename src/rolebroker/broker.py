@@ -6,13 +6,11 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rolebroker import __version__
 from rolebroker.cache import Clock, CredentialCache
 from rolebroker.config import LIVE_SETTINGS, Settings, SettingsError, apply_settings, load_settings
 from rolebroker.credentials import Credentials, format_expiration
@@ -21,6 +19,8 @@ from rolebroker.hops import Hop, MfaSessionHop, chain_of
 from rolebroker.mfa import MfaWatcher, mfa_session_of
 from rolebroker.profiles import ProfileCatalog
 from rolebroker.refresher import Refresher
+from rolebroker.statusdoc import StatusDoc
+from rolebroker.statusview import build_status
 from rolebroker.timing import RefreshTiming
 from rolebroker.warmset import WarmFile, WarmSet
 
@@ -279,75 +279,9 @@ class Broker:
 
     # -- status ------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Everything a human needs to see why a profile fails. Never a secret."""
-        now = self._clock()
-        catalog = self._catalog
-        profiles = [self._profile_status(name, now) for name in (catalog.names() if catalog else [])]
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_seconds": int(now - self._started_at),
-            "listen": self.settings.base_url,
-            "refresh_before_seconds": self.settings.refresh_before,
-            "aws_config_files": [str(p) for p in catalog.paths] if catalog else [],
-            "config_error": self._catalog_error.to_json() if self._catalog_error else None,
-            "settings_error": self._settings_error,
-            "sts_calls_total": self.cache.sts_calls(),
-            "profiles": profiles,
-        }
-
-    def _profile_status(self, name: str, now: float) -> dict[str, Any]:
-        used = self._last_used.get(name)
-        row: dict[str, Any] = {
-            "name": name,
-            "requests": self._requests[name],
-            "last_used": _stamp(used),
-            "kept_warm": used is not None,
-        }
-        try:
-            top = self.hop(name)
-        except BrokerError as exc:
-            return {**row, "state": "error", "cached": False, "last_error": exc.to_json()}
-        stats = self.cache.stats(top)
-        entry = self.cache.entry(top)
-        expiration = entry.credentials.expiration if entry else None
-        hops = chain_of(top)
-        failing = next(
-            (self.cache.stats(h) for h in reversed(hops) if self.cache.stats(h).consecutive_failures), None
-        )
-        if self.cache.in_flight(top):
-            state = "refreshing"
-        elif entry is not None and now < entry.refresh_at:
-            state = "fresh"
-        elif entry is not None:
-            state = "stale"
-        elif failing is not None:
-            state = "error"
-        else:
-            state = "cold"
-        last_error = failing.last_error if failing else None
-        mfa = self.mfa.status_fields(hops, now)
-        if mfa.get("mfa_state") == "required" and state in ("cold", "error", "stale"):
-            state = "mfa_required"
-        return {
-            **row,
-            "state": state,
-            "cached": entry is not None,
-            "role_arn": getattr(top, "role_arn", None),
-            "chain": [h.label for h in hops],
-            "expires_at": _stamp(expiration),
-            "expires_in_seconds": int(expiration - now) if expiration else None,
-            "refresh_at": _stamp(entry.refresh_at) if entry else None,
-            "last_refresh": _stamp(stats.last_refresh),
-            "last_error": (
-                {**last_error.to_json(), "at": _stamp(failing.last_error_at) if failing else None}
-                if last_error
-                else None
-            ),
-            "sts_calls": sum(s.fetches for s in map(self.cache.stats, hops) if s.calls_sts),
-            **mfa,
-        }
+    def status(self) -> StatusDoc:
+        """The /status document (statusview.py). Never a secret."""
+        return build_status(self)
 
 
 def _stamp(epoch: float | None) -> str | None:

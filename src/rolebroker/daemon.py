@@ -20,7 +20,7 @@ import uvicorn
 
 from rolebroker import __version__, discovery, systemd
 from rolebroker.config import Settings, load_settings
-from rolebroker.export import INSIDE_DAEMON
+from rolebroker.discovery import INSIDE_DAEMON
 from rolebroker.listeners import EX_CONFIG, ListenError, Listeners, open_listeners
 
 log = logging.getLogger("rolebroker")

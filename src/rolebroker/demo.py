@@ -27,8 +27,8 @@ from types import FrameType
 
 import click
 
+from rolebroker.cli.shellenv import KEY_VARS, PROFILE_VARS, RELATIVE_URI, WEB_IDENTITY_VARS
 from rolebroker.config import DEFAULT_PORT, Settings
-from rolebroker.shellenv import KEY_VARS, PROFILE_VARS, RELATIVE_URI, WEB_IDENTITY_VARS
 
 DEV_ACCOUNT = "111111111111"
 DEMO_REGION = "us-east-1"

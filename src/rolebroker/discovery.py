@@ -22,6 +22,11 @@ from rolebroker.config import default_token_file
 
 _MAX_BYTES = 64 * 1024
 
+INSIDE_DAEMON = "ROLEBROKER_DAEMON_PID"
+"""Set by ``serve`` in its own environment, so every process the daemon starts (a profile's
+``credential_process``) inherits it. ``credential-process`` refuses to run under it: a
+profile the daemon serves whose source is rolebroker itself would wait on itself."""
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonInfo:

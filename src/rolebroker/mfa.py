@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -27,10 +26,10 @@ from rolebroker.config import Settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InvalidMfaCode
 from rolebroker.hops import Hop, MfaSessionHop, chain_of
+from rolebroker.mfacode import valid_code
 
 log = logging.getLogger("rolebroker")
 
-_CODE = re.compile(r"[0-9]{6}")
 MFA_WARN_BEFORE = 3600.0
 """Warn this long before an MFA session ends (at most at half its life)."""
 HOOK_TIMEOUT = 60.0
@@ -38,10 +37,6 @@ HOOK_TIMEOUT = 60.0
 NOTIFY_TIMEOUT = 5.0
 
 Notifier = Callable[[str, str], None]
-
-
-def valid_code(code: str) -> bool:
-    return _CODE.fullmatch(code) is not None
 
 
 def code_from_body(raw: bytes) -> str:

@@ -6,7 +6,6 @@ import dataclasses
 import getpass
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import botocore.exceptions
 import botocore.session
 
+from rolebroker.awsfiles import aws_config_paths
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, ConfigFileError, ProfileConfigError, ProfileNotFound
 from rolebroker.hops import (
@@ -38,13 +38,6 @@ def default_session_name() -> str:
     except (KeyError, OSError):
         user = "user"
     return ("rolebroker-" + re.sub(r"[^\w+=,.@-]", "-", user))[:64]
-
-
-def aws_config_paths(environ: Mapping[str, str] | None = None) -> tuple[Path, Path]:
-    env = os.environ if environ is None else environ
-    config = Path(os.path.expanduser(env.get("AWS_CONFIG_FILE", "~/.aws/config")))
-    credentials = Path(os.path.expanduser(env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")))
-    return config, credentials
 
 
 def files_signature(paths: tuple[Path, ...]) -> FileSignature:

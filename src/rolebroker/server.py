@@ -219,7 +219,7 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
 
     @app.get("/status")
     async def status() -> Response:
-        return JSONResponse(broker.status(), headers=NO_STORE)
+        return JSONResponse(broker.status().to_json(), headers=NO_STORE)
 
     @app.post("/reload")
     async def reload() -> Response:

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from rolebroker import containers
+from rolebroker.cli import containers_setup as containers
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "nft", "unshare", "nsenter")

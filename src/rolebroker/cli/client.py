@@ -5,23 +5,27 @@ The token is sent only on a connection whose listener first proved that it knows
 squatter must learn nothing from the CLI.
 
 Plain ``http.client`` on purpose: no proxy settings apply (SDKs never proxy the endpoint
-either), it starts fast, and it adds no dependency to the CLI.
+either), it adds no dependency to the CLI, and it is imported only by the commands that send a request.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rolebroker import discovery, procfs
+from rolebroker import discovery
 from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
+
+if TYPE_CHECKING:
+    import http.client
+
+    from rolebroker.statusdoc import StatusDoc
 
 CLIENT_HOST = "127.0.0.1"
 """The one host every SDK accepts in FULL_URI without a DNS lookup (docs/clients.md); the CLI uses it too."""
@@ -149,13 +153,15 @@ class DaemonClient:
             )
         return body
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
+        from rolebroker.statusdoc import StatusDoc  # only status and doctor read it
+
         body = self.checked("GET", "/status").json_object()
         if body is None:
             raise DaemonError(
                 502, "BadReply", "GET /status did not return a JSON object; is that rolebroker?"
             )
-        return body
+        return StatusDoc.from_json(body)
 
     def credentials(self, profile: str) -> Reply:
         """The raw ECS JSON reply (the body is what curl would print)."""
@@ -214,6 +220,8 @@ class DaemonClient:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             body = json.dumps(json_body)
+        import http.client  # not at module level: `rolebroker token` reads a file and sends nothing
+
         connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
         try:
             if proof_token is not None:
@@ -265,6 +273,8 @@ class DaemonClient:
         """Say who listens, as far as this machine shows it: another user (a squatter), or a
         daemon of ours that uses another token file (named by its discovery file)."""
         where = f"{CLIENT_HOST}:{self.settings.port}"
+        from rolebroker import procfs  # only on this rare failure
+
         holders = procfs.holders_of(CLIENT_HOST, self.settings.port)
         foreign = [h for h in holders if h.uid != os.getuid()]
         daemon = discovery.read(discovery.discovery_file(os.environ))

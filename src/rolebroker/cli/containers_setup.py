@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rolebroker.doctor import Finding, Level
+from rolebroker.cli.doctor import Finding, Level
 
 ADDRESS = "169.254.170.2"
 """The ECS credentials address every SDK accepts for plain-http container credentials."""

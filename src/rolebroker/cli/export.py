@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rolebroker.shellenv import fish_quote, posix_quote
+from rolebroker.cli.shellenv import fish_quote, posix_quote
+from rolebroker.discovery import INSIDE_DAEMON as INSIDE_DAEMON  # the daemon sets it
 
 FORMATS = ("env", "fish", "powershell", "process", "json")
 
-INSIDE_DAEMON = "ROLEBROKER_DAEMON_PID"
-"""Set by ``serve`` in its own environment, so every process the daemon starts (a profile's
-``credential_process``) inherits it. ``credential-process`` refuses to run under it: a
-profile the daemon serves whose source is rolebroker itself would wait on itself."""
 
 VARIABLES = (
     ("AWS_ACCESS_KEY_ID", "access_key_id"),

@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from rolebroker.authtoken import token_matches
-from rolebroker.client import (
+from rolebroker.cli.client import (
     CLIENT_HOST,
     ClientError,
     DaemonClient,
@@ -31,8 +31,7 @@ from rolebroker.client import (
     creds_path,
     error_of,
 )
-from rolebroker.config import DEFAULT_PORT, Settings, is_loopback_host
-from rolebroker.shellenv import (
+from rolebroker.cli.shellenv import (
     CREDENTIALS_FILE,
     EMPTY_FILE,
     FULL_URI,
@@ -45,6 +44,8 @@ from rolebroker.shellenv import (
     AwsConfigView,
     read_aws_config,
 )
+from rolebroker.config import DEFAULT_PORT, Settings, is_loopback_host
+from rolebroker.statusdoc import StatusDoc
 
 WEB_IDENTITY = "AWS_WEB_IDENTITY_TOKEN_FILE"
 # Hosts aws-sdk-js v2 (Serverless v3) and the AWS CLI v2 before 2.15 accept (docs/clients.md, "The request").
@@ -165,26 +166,23 @@ def _check_daemon(ctx: _Context) -> None:
         )
         return
     ctx.daemon_token = token
-    status = reply.json_object() or {}
-    ctx.known_profiles = tuple(
-        str(p["name"]) for p in status.get("profiles") or [] if isinstance(p, dict) and "name" in p
-    )
+    status = StatusDoc.from_json(reply.json_object() or {})
+    ctx.known_profiles = tuple(p.name for p in status.profiles)
     ctx.ok(
-        f"rolebroker {status.get('version', '?')} answers on {where} (pid {status.get('pid', '?')}) "
+        f"rolebroker {status.version or '?'} answers on {where} "
+        f"(pid {status.pid if status.pid is not None else '?'}) "
         f"and accepts the token in {ctx.settings.token_file}"
     )
-    config_error = status.get("config_error")
-    if isinstance(config_error, dict):
-        code, message = config_error.get("code"), config_error.get("message")
+    if status.config_error is not None:
+        config_error = status.config_error
         ctx.problem(
-            f"the daemon cannot read the AWS config: {code}: {message}",
+            f"the daemon cannot read the AWS config: {config_error.code}: {config_error.message}",
             "it keeps serving the last good version; profiles added or changed since are unknown to it",
             "fix the file, then run: rolebroker reload",
         )
-    settings_error = status.get("settings_error")
-    if isinstance(settings_error, str) and settings_error:
+    if status.settings_error:
         ctx.problem(
-            f"the daemon cannot read its own settings: {settings_error}",
+            f"the daemon cannot read its own settings: {status.settings_error}",
             "it keeps running with the previous settings",
             "fix the file, then run: rolebroker reload",
         )

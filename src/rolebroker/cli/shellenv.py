@@ -14,10 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import botocore.configloader
-import botocore.exceptions
-
-from rolebroker.profiles import aws_config_paths
+from rolebroker.awsfiles import aws_config_paths
 
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
@@ -98,6 +95,9 @@ def read_aws_config(environ: Mapping[str, str], profile: str | None = None) -> A
 def _sections(path: Path, errors: list[str], *, profiles: bool) -> dict[str, dict[str, object]]:
     if str(path) == EMPTY_FILE:
         return {}
+    import botocore.configloader  # only env, exec and doctor read the files: token and status do not
+    import botocore.exceptions
+
     try:
         if profiles:
             loaded = botocore.configloader.load_config(str(path)).get("profiles", {})

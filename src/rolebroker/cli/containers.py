@@ -1,5 +1,5 @@
 """``rolebroker containers setup|teardown`` and ``doctor --containers``: click commands for
-the root set-up in :mod:`rolebroker.containers`, registered on the main CLI group.
+the root set-up in :mod:`rolebroker.cli.containers_setup`, registered on the main CLI group.
 
 Without ``--apply`` the commands only print what they would run (as a script the user can
 read or run by hand); with it they run the steps, through sudo when not root.
@@ -11,8 +11,8 @@ import os
 
 import click
 
-from rolebroker import containers
-from rolebroker.doctor import Finding, Level
+from rolebroker.cli import containers_setup as containers
+from rolebroker.cli.doctor import Finding, Level
 
 PORT_HELP = f"The daemon's container port [default: {containers.DEFAULT_CONTAINER_PORT}]"
 LINK_HELP = "Interface type for the address: dummy, or bridge on kernels built without the dummy driver"

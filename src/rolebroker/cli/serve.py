@@ -1,4 +1,6 @@
-"""The ``rolebroker`` command line."""
+"""``serve`` and ``demo``: the commands that run a daemon. Their bodies import the daemon
+side (uvicorn, FastAPI, botocore sessions) only when they run, so the other commands never
+pay for it."""
 
 from __future__ import annotations
 
@@ -7,19 +9,11 @@ from pathlib import Path
 
 import click
 
-from rolebroker import __version__
-from rolebroker.config import load_settings
+from rolebroker.cli.options import settings_for
+from rolebroker.config import DEFAULT_PORT, load_settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="rolebroker")
-def cli() -> None:
-    """A local ECS credentials endpoint: assumes, caches and refreshes the roles of your
-    AWS profiles so that every SDK, the AWS CLI and Serverless get fresh credentials from
-    AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
-
-
-@cli.command()
+@click.command("serve")
 @click.option("--host", help="Loopback address to listen on [default: 127.0.0.1; env ROLEBROKER_HOST]")
 @click.option("--port", type=int, help="Port to listen on [default: 9911; env ROLEBROKER_PORT]")
 @click.option(
@@ -34,7 +28,7 @@ def cli() -> None:
     help="Where the auth token lives [env ROLEBROKER_TOKEN_FILE]",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]")
-def serve(
+def serve_command(
     host: str | None,
     port: int | None,
     refresh_before: float | None,
@@ -43,7 +37,6 @@ def serve(
 ) -> None:
     """Run the daemon in the foreground (systemd and launchd run it this way)."""
     from rolebroker import discovery, warmset
-    from rolebroker.commands import settings_for
     from rolebroker.daemon import run_daemon
     from rolebroker.logs import configure_logging
 
@@ -64,10 +57,20 @@ def serve(
     )
 
 
-from rolebroker.commands import register  # noqa: E402  (the commands need `cli` defined first)
+@click.command("demo")
+@click.option(
+    "--port", type=int, help=f"Port for the demo daemon [env ROLEBROKER_PORT; default {DEFAULT_PORT}]"
+)
+def demo_command(port: int | None) -> None:
+    """Run rolebroker against an embedded local STS (needs moto: make demo in a checkout,
+    or pipx install '.[demo]').
 
-register(cli)
+    Generates a throw-away AWS config, credentials and token with profiles dev and prod
+    (chained across accounts), prints commands to try, and writes nothing under your home.
+    """
+    from rolebroker import demo
+
+    demo.run(settings_for(port, None))
 
 
-if __name__ == "__main__":
-    cli()
+COMMANDS: tuple[click.Command, ...] = (serve_command, demo_command)

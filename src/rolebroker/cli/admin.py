@@ -1,0 +1,257 @@
+"""The commands that look after the daemon: ``status``, ``token``, ``reload``, ``mfa``, ``doctor``.
+
+Errors are one line that says what to do. ``status`` reads the typed /status document
+(statusdoc.py) the daemon builds; ``token`` is printed only on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from rolebroker.authtoken import new_token, write_token
+from rolebroker.cli import shellenv
+from rolebroker.cli.client import DaemonClient, NotRunning
+from rolebroker.cli.options import daemon_options, daemon_settings, reported
+from rolebroker.config import Settings
+from rolebroker.mfacode import valid_code
+
+if TYPE_CHECKING:
+    from rolebroker.statusdoc import ProfileStatus, StatusDoc
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The daemon's /status document, for scripts.")
+@daemon_options
+def status_command(as_json: bool, port: int | None, token_file: Path | None) -> None:
+    """Show every profile: state, expiry, last refresh, last error. Never a secret."""
+    settings = daemon_settings(port, token_file)
+    with reported():
+        status = DaemonClient(settings).status()
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_status(status, time.time()), nl=False)
+
+
+@click.command("token")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Make a new token; the old one is refused at once. Shells that exported it must re-run "
+    "rolebroker env.",
+)
+@daemon_options
+def token_command(rotate: bool, port: int | None, token_file: Path | None) -> None:
+    """Print the daemon's token (no newline when piped): curl -H "Authorization: $(rolebroker token)".
+
+    With --rotate, the daemon (after proving it is rolebroker) writes a new token to its token
+    file and refuses the old one from then on; when it is not running, the file is rewritten.
+    """
+    settings = daemon_settings(port, token_file)
+    if rotate:
+        _rotate_token(settings)
+        return
+    with reported():
+        token = DaemonClient(settings).token()
+    click.echo(token, nl=sys.stdout.isatty())
+
+
+def _rotate_token(settings: Settings) -> None:
+    """Through the daemon when one answers (after its proof); else rewrite the file, which
+    a daemon started later reads."""
+    client = DaemonClient(settings)
+    old: str | None = None
+    with reported():
+        try:
+            old = client.token()  # no file: asks /healthz first, which starts a socket-activated daemon
+            client.rotate_token()
+            where = f"the daemon on 127.0.0.1:{settings.port} rotated the token"
+        except NotRunning:
+            try:
+                write_token(settings.token_file, new_token())
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {settings.token_file}: {exc}") from None
+            where = f"rolebroker is not running on 127.0.0.1:{settings.port}; wrote a new token"
+    done = f"rolebroker: {where} in {settings.token_file}; the old token is refused from now on"
+    click.echo(done, err=True)
+    from rolebroker import procfs  # rarely used: not imported by every command
+
+    users = procfs.processes_exporting(shellenv.TOKEN, old) if old else []
+    rerun = 'eval "$(rolebroker env PROFILE)"'
+    if users:
+        click.echo(
+            f"rolebroker: these processes exported the old token: in each shell re-run {rerun}, "
+            "restart the others:",
+            err=True,
+        )
+        for process in users:
+            click.echo(f"  pid {process.pid}: {process.command}", err=True)
+    else:
+        click.echo(
+            f"rolebroker: no running process of yours exports the old token; any shell that did "
+            f"(rolebroker env) must re-run {rerun}, and programs started from it must be restarted.",
+            err=True,
+        )
+
+
+@click.command("reload")
+@daemon_options
+def reload_command(port: int | None, token_file: Path | None) -> None:
+    """Make the daemon re-read the AWS config and its config.toml (like SIGHUP).
+
+    Cached credentials of profiles whose definition did not change are kept.
+    """
+    settings = daemon_settings(port, token_file)
+    with reported():
+        result = DaemonClient(settings).reload()
+    click.echo(f"rolebroker reloaded: {result.get('profiles', '?')} profiles")
+
+
+@click.command("mfa")
+@click.argument("profile")
+@click.argument("code", required=False)
+@daemon_options
+def mfa_command(profile: str, code: str | None, port: int | None, token_file: Path | None) -> None:
+    """Hand an MFA code to the running daemon.
+
+    One code unlocks every profile that uses the same MFA device and source keys, for the
+    life of the MFA session (12 h unless mfa_session_duration says otherwise). Without
+    CODE it is asked for on a terminal, or read as one line from stdin.
+    """
+    settings = daemon_settings(port, token_file)
+    if code is None:
+        if sys.stdin.isatty():
+            code = str(click.prompt(f"MFA code for {profile}", prompt_suffix=": "))
+        else:
+            code = sys.stdin.readline()
+    code = code.strip()
+    if not valid_code(code):
+        raise click.UsageError("an MFA code is 6 digits")
+    with reported():
+        result = DaemonClient(settings).submit_mfa(profile, code)
+    unlocked = ", ".join(result.get("profiles") or [profile])
+    click.echo(
+        f"MFA session for {result.get('mfa_serial')} active until {result.get('expires_at')}; "
+        f"unlocked: {unlocked}"
+    )
+
+
+@click.command("doctor")
+@click.argument("profile", required=False)
+@daemon_options
+def doctor_command(profile: str | None, port: int | None, token_file: Path | None) -> None:
+    """Check the daemon and this environment; explain every problem and its fix.
+
+    Checks that the daemon answers and accepts the token, that PROFILE (and the profile in
+    AWS_CONTAINER_CREDENTIALS_FULL_URI) can be served, and everything that makes SDKs bypass
+    the endpoint: access keys or AWS_PROFILE in the environment, a [default] profile with
+    credentials, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, a FULL_URI host or port some SDKs
+    refuse, token variables that disagree or end with a newline. Exits 1 on any problem.
+    """
+    from rolebroker.cli import doctor
+
+    settings = daemon_settings(port, token_file)
+    findings = doctor.diagnose(settings, os.environ, profile)
+    click.echo(doctor.render(findings, settings), nl=False)
+    if doctor.has_problems(findings):
+        sys.exit(1)
+
+
+# -- status table ------------------------------------------------------------------------------
+
+
+def format_status(status: StatusDoc, now: float) -> str:
+    """A table a human can read at a glance, then the full error messages."""
+    lines = [
+        f"rolebroker {status.version or '?'} on {status.listen or '?'} "
+        f"(pid {status.pid if status.pid is not None else '?'}, up {_duration(status.uptime_seconds)}), "
+        f"{status.sts_calls_total} STS calls, "
+        f"renews {_duration(status.refresh_before_seconds)} before expiry",
+    ]
+    if status.aws_config_files:
+        lines.append("AWS config: " + ", ".join(status.aws_config_files))
+    config_error = status.config_error
+    if config_error is not None and status.profiles:
+        lines.append(
+            f"AWS config error: {config_error.code}: {config_error.message} (serving the last good version)"
+        )
+    lines.append("")
+    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
+    rows = [header]
+    details: list[str] = []
+    for profile in status.profiles:
+        rows.append(_row(profile, now))
+        if profile.last_error is not None:
+            details.append(f"{profile.name}: {profile.last_error.code}: {profile.last_error.message}")
+    if not status.profiles and config_error is not None:
+        lines.append(
+            "No profiles: the daemon could not read the AWS config "
+            f"({config_error.code}: {config_error.message}); fix it, then: rolebroker reload"
+        )
+    elif not status.profiles:
+        lines.append("No profiles in the AWS config.")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+    if details:
+        lines += ["", *details]
+    return "\n".join(lines) + "\n"
+
+
+def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str]:
+    error_cell = "-"
+    if profile.last_error is not None:
+        when = _ago(profile.last_error.at, now)
+        error_cell = profile.last_error.code + (f" ({when})" if when != "-" else "")
+    return (
+        profile.name,
+        profile.state,
+        _duration(profile.expires_in_seconds),
+        _ago(profile.last_refresh, now),
+        error_cell,
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    total = int(seconds)
+    if total < 0:
+        return "expired"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def _ago(stamp: str | None, now: float) -> str:
+    import calendar
+
+    if not isinstance(stamp, str):
+        return "-"
+    try:
+        then = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return stamp
+    return f"{_duration(max(0, now - then))} ago"
+
+
+COMMANDS: tuple[click.Command, ...] = (
+    status_command,
+    token_command,
+    reload_command,
+    mfa_command,
+    doctor_command,
+)
