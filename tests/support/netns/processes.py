@@ -6,10 +6,9 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -61,17 +60,6 @@ def run_logged(
         return -9
     finally:
         child.stop(grace=2)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a readiness check; connection errors just mean "not yet"."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

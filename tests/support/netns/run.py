@@ -39,8 +39,9 @@ from tests.support.netns.constants import (
 from tests.support.netns.dns import DnsResponder
 from tests.support.netns.motochecks import account_snapshot, function_details, moto_client, stack_details
 from tests.support.netns.namespace import assert_private_namespace, bind_resolv_conf, loopback_up
-from tests.support.netns.processes import Child, http_get, run_logged, wait_until
+from tests.support.netns.processes import Child, http_get, run_logged
 from tests.support.netns.tls import TlsFiles, TlsTerminator, make_tls_files
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -194,9 +195,10 @@ def start_services(ws: Workspace, stack: contextlib.ExitStack) -> Services:
     daemon_argv += ["--port", str(DAEMON_PORT), "--refresh-before", "300"]
     daemon = Child("daemon", daemon_argv, daemon_env(ws), ws.log("daemon"), cwd=REPO)
     stack.callback(daemon.stop)
-    wait_until(lambda: http_get(f"{MOTO_URL}/moto-api/", timeout=2)[0] == 200, 60, "moto")
+    ready: dict[str, Any] = {"step": 0.1, "ignoring": (OSError,)}  # refused = not yet
+    wait_until(lambda: http_get(f"{MOTO_URL}/moto-api/", timeout=2)[0] == 200, 60, "moto", **ready)
     healthz = f"http://{LOOPBACK}:{DAEMON_PORT}/healthz"
-    wait_until(lambda: daemon.running() and http_get(healthz, timeout=1)[0] == 200, 30, "daemon")
+    wait_until(lambda: daemon.running() and http_get(healthz, timeout=1)[0] == 200, 30, "daemon", **ready)
     return Services(tls, dns, terminator, daemon)
 
 
