@@ -14,12 +14,17 @@ import pytest
 
 from rolebroker.authtoken import TokenStore
 from rolebroker.broker import Broker
+from rolebroker.cache import CredentialCache
 from rolebroker.config import Settings
-from rolebroker.errors import StsUnavailable
+from rolebroker.credentials import Credentials
+from rolebroker.errors import MfaRequired, StsUnavailable
+from rolebroker.hops import SourceHop
+from rolebroker.mfa import MFA_WARN_BEFORE, MfaWatcher
 from rolebroker.server import create_app
+from rolebroker.timing import RefreshTiming
 from tests.support.awsconfig import AwsFiles
 from tests.support.clock import FakeClock
-from tests.support.fakehop import FakeSts
+from tests.support.fakehop import FakeHop, FakeMfaSessionHop, FakeSts
 
 TOKEN = "a" * 43
 HOUR = 3600.0
@@ -145,3 +150,99 @@ async def test_edited_config_is_picked_up_by_the_next_request(app: App, aws_file
     await app.key("staging")
     await app.key("dev")
     assert app.sts.of("dev").calls == 1  # the reload kept dev's cached credentials
+
+
+# -- the MFA watcher on a fake clock ---------------------------------------------------------
+
+SERIAL = "arn:aws:iam::123456789012:mfa/alice"
+
+
+@dataclass
+class Watched:
+    watcher: MfaWatcher
+    cache: CredentialCache
+    mfa: FakeMfaSessionHop
+    role: FakeHop
+    clock: FakeClock
+    notes: list[str]
+
+    async def tick(self) -> list[str]:
+        """One tick; the notifications it sent (they run in a worker thread)."""
+        before = len(self.notes)
+        self.watcher.tick()
+        await asyncio.sleep(0)
+        for _ in range(100):
+            if not any(not task.done() for task in asyncio.all_tasks() if task.get_name() == "notify"):
+                break
+            await asyncio.sleep(0.01)
+        return self.notes[before:]
+
+
+@pytest.fixture
+async def watched() -> AsyncIterator[Watched]:
+    clock = FakeClock()
+    cache = CredentialCache(RefreshTiming(refresh_before=1200.0), clock=clock)
+    root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
+    mfa = FakeMfaSessionHop(
+        profile="base", mfa_serial=SERIAL, source=root, unlock_profile="prod", clock=clock, lifetime=HOUR * 12
+    )
+    role = FakeHop("prod", clock, source=mfa)
+    notes: list[str] = []
+    watcher = MfaWatcher(
+        cache,
+        lambda: [role],
+        settings=lambda: Settings(refresh_before=1200.0),
+        clock=clock,
+        notify=lambda title, body: notes.append(f"{title}: {body}"),
+    )
+    try:
+        yield Watched(watcher, cache, mfa, role, clock, notes)
+    finally:
+        await watcher.stop()
+
+
+async def test_watcher_announces_once_warns_ahead_once_and_waits_again_after_expiry(watched: Watched) -> None:
+    """What test_mfa proved on 16 s real sessions, over the whole 12 h of a default session."""
+    w = watched
+    assert [n.split(":")[0] for n in await w.tick()] == ["rolebroker"]
+    assert "MFA code needed" in w.notes[0] and "run: rolebroker mfa prod" in w.notes[0]
+    assert await w.tick() == []  # announced once, not per tick
+    with pytest.raises(MfaRequired):
+        await w.cache.get(w.role)
+
+    await w.watcher.submit(w.mfa, "123456")
+    assert (await w.cache.get(w.role)).access_key_id == "ASIAprod1"
+    assert w.watcher.state(w.mfa, w.clock()) == "active"
+    assert await w.tick() == []
+
+    w.clock.advance(12 * HOUR - MFA_WARN_BEFORE - 1)
+    assert w.watcher.state(w.mfa, w.clock()) == "active" and await w.tick() == []
+    w.clock.advance(2)  # an hour left: warned, once
+    assert w.watcher.state(w.mfa, w.clock()) == "expiring"
+    warned = await w.tick()
+    assert len(warned) == 1 and "MFA session expiring" in warned[0] and "rolebroker mfa prod" in warned[0]
+    w.clock.advance(60)
+    assert await w.tick() == []
+
+    w.clock.advance(MFA_WARN_BEFORE)  # expired: the profile waits for a code again, announced again
+    assert w.watcher.state(w.mfa, w.clock()) == "required"
+    again = await w.tick()
+    assert len(again) == 1 and "MFA code needed" in again[0]
+    with pytest.raises(MfaRequired):
+        await w.cache.get(w.role)
+    assert "123456" not in " ".join(w.notes)
+
+
+async def test_short_mfa_sessions_are_warned_at_half_life(watched: Watched) -> None:
+    w = watched
+    short = FakeMfaSessionHop(
+        profile="base",
+        mfa_serial=SERIAL,
+        source=w.mfa.source,
+        unlock_profile="prod",
+        clock=w.clock,
+        lifetime=900,
+    )
+    await w.watcher.submit(short, "654321")
+    entry = w.cache.entry(short)
+    assert entry is not None and w.watcher.warn_at(entry) == w.clock() + 450

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError
-from rolebroker.hops import Hop, chain_of
+from rolebroker.hops import Attempts, Hop, MfaSessionHop, chain_of
 from rolebroker.profiles import ProfileCatalog
 from tests.support.clock import FakeClock
 
@@ -104,3 +104,17 @@ class FakeCatalog(ProfileCatalog):
         for link in reversed(chain_of(real)):
             self.fakes.fake(link)
         return self.fakes.fake(real)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMfaSessionHop(MfaSessionHop):
+    """A real MFA session hop (no code: MfaRequired at once) whose GetSessionToken is faked:
+    a code buys a session of ``lifetime`` seconds on ``clock``."""
+
+    clock: FakeClock = field(default_factory=FakeClock, compare=False)
+    lifetime: float = 12 * 3600.0
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
+        if self.code is None:
+            return MfaSessionHop.fetch_counted(self, source, attempts)  # raises MfaRequired
+        return Credentials("ASIAMFASESSION", "mfa-secret", "mfa-token", self.clock() + self.lifetime)
