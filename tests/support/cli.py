@@ -39,8 +39,3 @@ def rolebroker_on_path(directory: Path, env: Mapping[str, str]) -> dict[str, str
     shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m rolebroker "$@"\n')
     shim.chmod(0o755)
     return {**env, "PATH": f"{directory}{os.pathsep}{env.get('PATH', os.defpath)}"}
-
-
-def no_secret(daemon: Daemon, *texts: str) -> list[str]:
-    """Masked names of the daemon's secrets found in ``texts`` (empty when clean)."""
-    return daemon.leaked("\n".join(texts))
