@@ -111,7 +111,9 @@ async def test_profiles_not_used_within_keep_warm_are_left_to_expire(app: App) -
     assert app.status("dev")["kept_warm"] is False
 
 
-async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_floor(app: App) -> None:
+async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_floor(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     """What test_upstream proved with 20 s sessions and a 19.5 s sleep."""
     first = await app.key("prod")
     app.sts.fail(StsUnavailable("STS is down; retry"))
@@ -119,6 +121,9 @@ async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_f
     await app.settle(until=lambda: app.broker.cache.stats(app.sts.of("prod")).consecutive_failures >= 1)
     assert await app.key("prod") == first
     assert app.status("prod")["state"] == "stale"
+    for _ in range(3):
+        await app.key("prod")
+    assert sum(r.getMessage().startswith("stale profile=prod ") for r in caplog.records) == 1  # once
     app.clock.advance(301)  # 299 s left: below the serve floor
     refused = await app.client.get("/creds/prod")
     assert refused.status_code in (503, 504), refused.text
