@@ -27,6 +27,7 @@ from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
 from tests.support.awsconfig import AwsFiles
+from tests.support.cli import invoke_cli
 from tests.support.clock import FakeClock
 from tests.support.daemon import CHAIN_CREDENTIALS, AwsHome, Daemon
 from tests.support.stsproxy import StsProxy
@@ -74,15 +75,10 @@ OTHER_CREDENTIALS = (
 
 
 def mfa_cli(daemon: Daemon, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """``rolebroker mfa`` as a separate process that finds the daemon like a user's shell does."""
-    env = {**daemon.home.env(), "ROLEBROKER_PORT": str(daemon.port)}
-    return subprocess.run(
-        [sys.executable, "-m", "rolebroker", "mfa", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    """``rolebroker mfa`` in process (CliRunner) finding the daemon like a user's shell does;
+    mfa_cli_on_a_terminal below is the real-process run."""
+    return invoke_cli(
+        "mfa", *args, env={**daemon.home.env(), "ROLEBROKER_PORT": str(daemon.port)}, stdin=stdin
     )
 
 
