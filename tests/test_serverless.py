@@ -31,6 +31,7 @@ from tests.support import netns
 from tests.support.ci import skip_or_fail
 from tests.support.procs import free_port
 
+pytestmark = pytest.mark.xdist_group("serverless")  # one namespace run, on one worker
 ROLE_ACCOUNT = netns.ROLE_ACCOUNT
 BASE_ACCOUNT = netns.BASE_ACCOUNT
 
