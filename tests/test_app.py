@@ -44,7 +44,7 @@ class App:
 
     async def settle(self, until: Callable[[], bool] = lambda: True, seconds: float = 5.0) -> None:
         """Let the refresher (ticking every 10 ms of real time) act on the moved clock."""
-        for _ in range(int(seconds / 0.01)):
+        for _ in range(int(seconds / 0.02)):
             await asyncio.sleep(0.02)
             idle = not any(self.broker.cache.in_flight(h) for h in self.sts.hops.values())
             if idle and until():
