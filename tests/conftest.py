@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.awsconfig import AwsFiles
+from tests.support.awsconfig import aws_files as _aws_files
 from tests.support.daemon import CHAIN_CONFIG, CHAIN_CREDENTIALS, AwsHome, Daemon
 from tests.support.moto import MotoServer
 from tests.support.stsproxy import StsProxy
@@ -76,3 +78,9 @@ def start_daemon(aws_home: AwsHome, sts: StsProxy) -> Iterator[StartDaemon]:
 @pytest.fixture
 def daemon(start_daemon: StartDaemon) -> Daemon:
     return start_daemon()
+
+
+@pytest.fixture
+def aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AwsFiles:
+    """In-process tests: this test's own AWS config and credentials files (``.write()``)."""
+    return _aws_files(tmp_path / "aws", monkeypatch)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -25,57 +23,8 @@ from rolebroker.errors import (
 from rolebroker.hops import Attempts, Hop
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass(eq=False)
-class FakeHop(Hop):
-    """Counts fetches; issues credentials valid for ``lifetime`` seconds of the fake clock."""
-
-    name: str
-    clock: FakeClock
-    source: Hop | None = None
-    lifetime: float = 3600.0
-    delay: float = 0.0
-    fail_with: BrokerError | None = None
-    hang: threading.Event | None = None
-    """While set to an unset event, fetches block until it is set (a hanging STS)."""
-    calls: int = 0
-    sources_seen: list[Credentials | None] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def profile(self) -> str:  # type: ignore[override]
-        return self.name
-
-    @property
-    def key(self) -> str:
-        return f"fake:{self.name}"
-
-    @property
-    def label(self) -> str:
-        return f"fake {self.name}"
-
-    def fetch(self, source: Credentials | None) -> Credentials:
-        with self.lock:
-            self.calls += 1
-            n = self.calls
-        self.sources_seen.append(source)
-        if self.delay:
-            time.sleep(self.delay)
-        if self.hang is not None:
-            self.hang.wait(10)
-        if self.fail_with is not None:
-            raise type(self.fail_with)(self.fail_with.message)
-        expiration = None if self.lifetime == float("inf") else self.clock() + self.lifetime
-        return Credentials(f"ASIA{self.name}{n}", "secret", "token", expiration)
+from tests.support.clock import FakeClock
+from tests.support.fakehop import FakeHop
 
 
 @pytest.fixture

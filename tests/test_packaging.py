@@ -23,6 +23,8 @@ from rolebroker.config import Settings, load_settings
 from tests.support.ci import skip_or_fail
 from tests.support.daemon import REPO
 
+pytestmark = pytest.mark.xdist_group("packaging")  # one wheel build, on one worker
+
 # What a checkout holds that a build must not see: environments, caches, earlier builds.
 _NOT_SOURCES = shutil.ignore_patterns(
     ".git", ".venv", "node_modules", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rolebroker.errors import ConfigFileError, ProfileConfigError, ProfileNotFound
 from rolebroker.hops import RoleHop, SessionTokenHop, SourceHop, chain_of
-from rolebroker.profiles import ProfileCatalog
+from tests.support.awsconfig import AwsFiles
 from tests.support.daemon import CHAIN_CONFIG, CHAIN_CREDENTIALS
 
 
-@pytest.fixture
-def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    config, credentials = tmp_path / "config", tmp_path / "credentials"
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
-
-    def write(text: str = CHAIN_CONFIG, creds: str = CHAIN_CREDENTIALS) -> ProfileCatalog:
-        config.write_text(text)
-        credentials.write_text(creds)
-        return ProfileCatalog.load()
-
-    return write
-
-
-def test_chain_is_built_root_first(write_config) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config()
+def test_chain_is_built_root_first(aws_files: AwsFiles) -> None:
+    catalog = aws_files.write()
     hops = chain_of(catalog.hop("prod-admin"))
     assert [type(h) for h in hops] == [SourceHop, RoleHop, RoleHop, RoleHop]
     assert [getattr(h, "role_arn", None) for h in hops[1:]] == [
@@ -40,38 +24,38 @@ def test_chain_is_built_root_first(write_config) -> None:  # type: ignore[no-unt
     assert isinstance(hops[3], RoleHop) and hops[3].session_name == "alice-admin"
 
 
-def test_hops_share_keys_across_profiles(write_config) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config()
+def test_hops_share_keys_across_profiles(aws_files: AwsFiles) -> None:
+    catalog = aws_files.write()
     admin_chain = chain_of(catalog.hop("prod-admin"))
     assert catalog.hop("prod").key == admin_chain[2].key
     assert catalog.hop("dev").key == admin_chain[1].key
 
 
-def test_unchanged_definitions_keep_their_keys_across_reloads(write_config) -> None:  # type: ignore[no-untyped-def]
-    before = write_config()
-    after = write_config(CHAIN_CONFIG.replace("external_id = prod-external-id", "external_id = changed"))
+def test_unchanged_definitions_keep_their_keys_across_reloads(aws_files: AwsFiles) -> None:
+    before = aws_files.write()
+    after = aws_files.write(CHAIN_CONFIG.replace("external_id = prod-external-id", "external_id = changed"))
     assert before.hop("dev").key == after.hop("dev").key
     assert before.hop("prod").key != after.hop("prod").key
     assert before.hop("prod-admin").key != after.hop("prod-admin").key  # its source changed
-    rotated = write_config(CHAIN_CONFIG, CHAIN_CREDENTIALS.replace("TestBaseSecret", "RotatedSecret"))
+    rotated = aws_files.write(CHAIN_CONFIG, CHAIN_CREDENTIALS.replace("TestBaseSecret", "RotatedSecret"))
     assert rotated.hop("dev").key != before.hop("dev").key
 
 
-def test_keys_never_contain_secrets(write_config) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config()
+def test_keys_never_contain_secrets(aws_files: AwsFiles) -> None:
+    catalog = aws_files.write()
     for name in catalog.names():
         for hop in chain_of(catalog.hop(name)):
             assert "TestBaseSecret" not in hop.key and "TestBaseSecret" not in hop.label
 
 
-def test_role_less_profile_is_served_through_a_session(write_config) -> None:  # type: ignore[no-untyped-def]
-    provider = write_config().hop("base")
+def test_role_less_profile_is_served_through_a_session(aws_files: AwsFiles) -> None:
+    provider = aws_files.write().hop("base")
     assert isinstance(provider, SessionTokenHop)
     assert isinstance(provider.source, SourceHop)
 
 
-def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config(
+def test_profile_naming_itself_as_source_uses_its_own_keys(aws_files: AwsFiles) -> None:
+    catalog = aws_files.write(
         "[profile self]\nrole_arn = arn:aws:iam::111111111111:role/s\nsource_profile = self\n"
         "aws_access_key_id = AKIASELF\naws_secret_access_key = selfsecret\n"
     )
@@ -102,8 +86,8 @@ def test_profile_naming_itself_as_source_uses_its_own_keys(write_config) -> None
         ),
     ],
 )
-def test_broken_definitions_are_profile_errors(write_config, config: str, code: str) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config(config, "")
+def test_broken_definitions_are_profile_errors(aws_files: AwsFiles, config: str, code: str) -> None:
+    catalog = aws_files.write(config, "")
     with pytest.raises(ProfileConfigError) as info:
         catalog.hop("a")
     assert info.value.code == code
@@ -112,19 +96,19 @@ def test_broken_definitions_are_profile_errors(write_config, config: str, code: 
         catalog.hop("a")
 
 
-def test_unknown_profile_lists_known_ones(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_profile_lists_known_ones(aws_files: AwsFiles) -> None:
     with pytest.raises(ProfileNotFound) as info:
-        write_config().hop("nope")
+        aws_files.write().hop("nope")
     assert "prod-admin" in info.value.message
 
 
-def test_unparsable_config_is_a_config_file_error(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_unparsable_config_is_a_config_file_error(aws_files: AwsFiles) -> None:
     with pytest.raises(ConfigFileError, match="fix the file"):
-        write_config("[profile broken\nkey = value\n")
+        aws_files.write("[profile broken\nkey = value\n")
 
 
-def test_change_detection(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    catalog = write_config()
+def test_change_detection(aws_files: AwsFiles) -> None:
+    catalog = aws_files.write()
     assert not catalog.changed_on_disk()
-    (tmp_path / "config").write_text(CHAIN_CONFIG + "\n[profile more]\nregion = us-east-1\n")
+    aws_files.config.write_text(CHAIN_CONFIG + "\n[profile more]\nregion = us-east-1\n")
     assert catalog.changed_on_disk()

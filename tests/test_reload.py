@@ -17,6 +17,7 @@ from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import CHAIN_CONFIG, Daemon
 from tests.support.stsproxy import StsProxy
+from tests.support.waiting import wait_until
 
 STAGING = "\n[profile staging]\nrole_arn = arn:aws:iam::444444444444:role/staging\nsource_profile = dev\n"
 
@@ -26,10 +27,10 @@ def assumed(sts: StsProxy, role: str) -> list[dict[str, str]]:
 
 
 def wait_for_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while daemon.output().count(text) < count:
-        assert time.monotonic() < deadline, f"no {text!r} in the daemon log:\n{daemon.safe_output()}"
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: daemon.output().count(text) >= count, timeout, f"{count} x {text!r}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc} in the daemon log:\n{daemon.safe_output()}") from None
 
 
 def hup(daemon: Daemon, marker: str = "(SIGHUP)") -> None:

@@ -4,7 +4,7 @@ account; ``serverless remove`` cleans up.
 
 aws-sdk v2 cannot be pointed at another endpoint from the environment, so the run happens
 in a private mount+net+pid namespace where every AWS host name is moto behind a TLS
-terminator (see tests/support/netns.py). The namespace run happens once per module; each
+terminator (see tests/support/netns/). The namespace run happens once per module; each
 test below asserts one aspect of its report.
 
 Needs root (unshare), node and tests/clients/node_modules (npm ci). Without them the
@@ -31,6 +31,7 @@ from tests.support import netns
 from tests.support.ci import skip_or_fail
 from tests.support.procs import free_port
 
+pytestmark = pytest.mark.xdist_group("serverless")  # one namespace run, on one worker
 ROLE_ACCOUNT = netns.ROLE_ACCOUNT
 BASE_ACCOUNT = netns.BASE_ACCOUNT
 

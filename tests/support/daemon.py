@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.procs import ManagedProcess, free_port
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,18 +114,17 @@ class Daemon:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if not self.process.running():
                 raise RuntimeError(
                     f"daemon exited with {self.process.proc.returncode}:\n{self.safe_output()}"
                 )
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise TimeoutError(f"daemon not ready:\n{self.safe_output()}")
+            return httpx.get(f"{self.base_url}/healthz", timeout=0.5).status_code == 200
+
+        try:
+            wait_until(healthy, timeout, "the daemon's /healthz", step=0.02, ignoring=(httpx.HTTPError,))
+        except TimeoutError:
+            raise TimeoutError(f"daemon not ready:\n{self.safe_output()}") from None
 
     @property
     def base_url(self) -> str:

@@ -8,9 +8,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 
 def free_port() -> int:
@@ -20,14 +21,11 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+    def listening() -> bool:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+
+    wait_until(listening, timeout, f"a listener on {host}:{port}", ignoring=(OSError,))
 
 
 class ManagedProcess:
