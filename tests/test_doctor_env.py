@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from rolebroker.cli.doctor import Finding, Level, diagnose
 from rolebroker.config import Settings
-from rolebroker.doctor import Finding, Level, diagnose
 from tests.support.procs import free_port
 
 FULL = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
