@@ -21,6 +21,7 @@ from rolebroker.errors import MfaRequired, StsUnavailable
 from rolebroker.hops import SourceHop
 from rolebroker.mfa import MFA_WARN_BEFORE, MfaWatcher
 from rolebroker.server import create_app
+from rolebroker.statusdoc import ProfileStatus
 from rolebroker.timing import RefreshTiming
 from tests.support.awsconfig import AwsFiles
 from tests.support.clock import FakeClock
@@ -51,9 +52,8 @@ class App:
                 return
         raise AssertionError("the broker did not settle")
 
-    def status(self, profile: str) -> dict[str, object]:
-        rows = {row["name"]: row for row in self.broker.status()["profiles"]}
-        return rows[profile]  # type: ignore[no-any-return]
+    def status(self, profile: str) -> ProfileStatus:
+        return next(row for row in self.broker.status().profiles if row.name == profile)
 
 
 @pytest.fixture
@@ -95,10 +95,10 @@ async def test_used_profiles_are_renewed_before_expiry_without_a_request(app: Ap
     fetched = app.sts.calls()
     app.clock.advance(HOUR - 1200 - 300)  # before the refresh point (jitter is at most this)
     await app.settle()
-    assert app.sts.calls() == fetched and app.status("prod")["state"] == "fresh"
+    assert app.sts.calls() == fetched and app.status("prod").state == "fresh"
     app.clock.advance(1200)  # 600 s left: due
     await app.settle(until=lambda: app.sts.of("prod").calls == 2)
-    assert app.status("prod")["state"] == "fresh"
+    assert app.status("prod").state == "fresh"
     assert await app.key("prod") != first
     assert app.sts.calls() == fetched + 2  # dev and prod; the root keys are never renewed twice
 
@@ -108,7 +108,7 @@ async def test_profiles_not_used_within_keep_warm_are_left_to_expire(app: App) -
     app.clock.advance(app.broker.settings.keep_warm + 1)
     await app.settle()
     assert app.sts.of("dev").calls == 1
-    assert app.status("dev")["kept_warm"] is False
+    assert app.status("dev").kept_warm is False
 
 
 async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_floor(
@@ -120,7 +120,7 @@ async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_f
     app.clock.advance(HOUR - 600)  # due, 600 s left: the refresher fails, the cached keys serve
     await app.settle(until=lambda: app.broker.cache.stats(app.sts.of("prod")).consecutive_failures >= 1)
     assert await app.key("prod") == first
-    assert app.status("prod")["state"] == "stale"
+    assert app.status("prod").state == "stale"
     for _ in range(3):
         await app.key("prod")
     assert sum(r.getMessage().startswith("stale profile=prod ") for r in caplog.records) == 1  # once
@@ -135,12 +135,12 @@ async def test_due_credentials_are_served_while_sts_is_down_but_never_past_the_f
 
 
 async def test_status_reports_states_on_the_fake_clock(app: App) -> None:
-    assert app.status("prod")["state"] == "cold"
+    assert app.status("prod").state == "cold"
     await app.key("prod")
     row = app.status("prod")
-    assert row["state"] == "fresh" and row["expires_in_seconds"] == int(HOUR)
+    assert row.state == "fresh" and row.expires_in_seconds == int(HOUR)
     app.clock.advance(1000)
-    assert app.status("prod")["expires_in_seconds"] == int(HOUR - 1000)
+    assert app.status("prod").expires_in_seconds == int(HOUR - 1000)
     body = (await app.client.get("/status")).json()
     assert body["uptime_seconds"] == 1000 and TOKEN not in str(body)
 
