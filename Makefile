@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/footprint.py
 
 clean:
 	rm -rf $(VENV) tests/clients/node_modules .pytest_cache .mypy_cache .ruff_cache

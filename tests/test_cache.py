@@ -301,3 +301,44 @@ async def test_every_upstream_attempt_is_counted(clock: FakeClock) -> None:
     cache = make_cache(clock)
     await cache.get(CountingHop("a", clock))
     assert cache.sts_calls() == 2
+
+
+async def test_refresher_sleeps_until_the_next_refresh_or_retry(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    root = FakeHop("root", clock, lifetime=float("inf"))
+    top = FakeHop("top", clock, source=root)
+    refresher = Refresher(cache, lambda: [top], clock=clock)
+    refresher.tick()
+    assert refresher.next_deadline() == math.inf  # in flight: its landing wakes the loop
+    await settle(cache, top)
+    refresh_at = clock.now + 3600 - 1200
+    assert refresher.next_deadline() == refresh_at  # not the next second: the next real deadline
+    clock.now = refresh_at
+    top.fail_with = StsUnavailable("down")
+    assert refresher.tick() == 1
+    await settle(cache, top)
+    assert refresher.next_deadline() == clock.now + 1.0  # the backoff's retry_at (jitter pinned)
+
+
+async def test_refresher_wakes_on_events_not_on_a_timer(clock: FakeClock) -> None:
+    cache = make_cache(clock)
+    landed: list[bool] = []
+    cache.on_landed = lambda: landed.append(True)
+    top = FakeHop("top", clock)
+    targets: list[Hop] = []
+    refresher = Refresher(cache, lambda: targets, clock=clock, max_sleep=3600)
+    task = asyncio.get_running_loop().create_task(refresher.run())
+    try:
+        await asyncio.sleep(0.02)
+        targets.append(top)  # a profile newly used...
+        await asyncio.sleep(0.05)
+        assert top.calls == 0  # ...is not noticed by a timer: the loop sleeps
+        refresher.wake()  # ...but by the wake-up the broker sends
+        for _ in range(100):
+            if top.calls and landed:
+                break
+            await asyncio.sleep(0.01)
+        assert top.calls == 1 and landed == [True]  # and the landing is announced
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -4,14 +4,17 @@ a real moto STS behind the fault-injecting proxy, and real boto3 client processe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import StartDaemon
 from tests.support.daemon import Daemon
@@ -150,3 +153,25 @@ def test_no_secret_in_daemon_output_even_at_debug_level(start_daemon: StartDaemo
     assert daemon.secrets() - {""}
     assert not daemon.leaked()
     assert os.path.exists(daemon.process.log_path)
+
+
+def context_switches(pid: int) -> int:
+    """Of all the process's threads: each one is a wake-up (or a preemption)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += sum(
+                int(line.split()[1]) for line in status.read_text().splitlines() if "ctxt_switches" in line
+            )
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_an_idle_daemon_with_a_warm_profile_sleeps(daemon: Daemon) -> None:
+    """uvicorn's 0.1 s tick, a 1 s refresher tick and a 1 s MFA tick once woke it ~11 times
+    a second; now it sleeps until a deadline (the next refresh is an hour away) or an event."""
+    assert daemon.get("/creds/prod").status_code == 200
+    time.sleep(6)  # the warm-set file is written 5 s after a use
+    before = context_switches(daemon.process.pid)
+    time.sleep(3)
+    assert context_switches(daemon.process.pid) - before <= 3

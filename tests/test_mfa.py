@@ -6,23 +6,27 @@ STS is moto behind the counting proxy; no test waits on a terminal."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import pty
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from rolebroker.cache import CredentialCache
+from rolebroker.config import Settings
 from rolebroker.credentials import Credentials
 from rolebroker.errors import InvalidMfaCode, MfaRequired, ProfileConfigError
-from rolebroker.hops import MfaSessionHop, RoleHop, SourceHop, chain_of
-from rolebroker.mfa import MfaProcessError, code_from_body, run_mfa_process
+from rolebroker.hops import Attempts, MfaSessionHop, RoleHop, SourceHop, chain_of
+from rolebroker.mfa import MfaProcessError, MfaWatcher, code_from_body, run_mfa_process
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
@@ -182,6 +186,9 @@ def test_one_code_unlocks_every_profile_of_the_device_and_roles_refresh_without_
     assert sessions[0].params["SerialNumber"] == SERIAL
     assert sessions[0].params["TokenCode"] == code
     assert sessions[0].params["DurationSeconds"] == "43200"  # 12 h unless configured
+    # dev waited for the code: the refresher warms it as soon as the session lands.
+    wait_until(lambda: sts.count("AssumeRole") == 1, 5, "dev was not warmed after the unlock")
+    assert sts.calls("AssumeRole")[0].params["RoleArn"] == "arn:aws:iam::111111111111:role/dev"
 
     sts.set(expires_in=10)  # roles from now on live 10 s: refreshed at half life
     first = {p: daemon.get(f"/creds/{p}") for p in ("dev", "prod")}
@@ -194,10 +201,15 @@ def test_one_code_unlocks_every_profile_of_the_device_and_roles_refresh_without_
     assert all("SerialNumber" not in c.params and "TokenCode" not in c.params for c in assumed)
     assert assumed[1].params["ExternalId"] == "prod-external-id"
 
-    wait_until(lambda: sts.count("AssumeRole") >= 4, 12, "roles were not refreshed in the background")
+    # prod, first fetched after the change, lives 10 s; dev (warm, 2 h) is not renewed yet.
+    wait_until(lambda: sts.count("AssumeRole") >= 3, 12, "prod was not refreshed in the background")
     assert sts.count("GetSessionToken") == 1
-    again = daemon.get("/creds/dev").json()
-    assert again["AccessKeyId"] != first["dev"].json()["AccessKeyId"]
+    assert sts.calls("AssumeRole")[2].params["RoleArn"] == "arn:aws:iam::222222222222:role/prod"
+    wait_until(
+        lambda: daemon.get("/creds/prod").json()["AccessKeyId"] != first["prod"].json()["AccessKeyId"],
+        5,
+        "prod was not served its new keys",
+    )
 
     dev = profile_status(daemon, "dev")
     assert dev["state"] == "fresh"
@@ -443,7 +455,7 @@ async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() ->
         RoleHop(profile=name, role_arn=f"arn:aws:iam::111111111111:role/{name}", source=mfa, session_name="t")
         for name in ("dev", "prod")
     ]
-    refresher = Refresher(cache, lambda: roles)
+    refresher = Refresher(cache, lambda: roles, clock=clock)
     for _ in range(60):  # one minute of ticks
         refresher.tick()
         while any(cache.in_flight(hop) for hop in (root, mfa, *roles)):
@@ -455,6 +467,52 @@ async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() ->
     last_error = cache.stats(mfa).last_error
     assert last_error is not None and last_error.code == "MfaRequired"
     assert all(cache.stats(role).fetches == 0 for role in roles)
+    # Between ticks it sleeps until the session's retry time, not the next second.
+    assert refresher.next_deadline() == cache.stats(mfa).retry_at > clock.now + 1
+
+
+@dataclass(frozen=True)
+class UnlockedSession(MfaSessionHop):
+    """An MFA session that unlocks without STS: 12 h of the fake clock."""
+
+    clock: StepClock = field(default_factory=StepClock, compare=False)
+
+    def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
+        return Credentials("ASIAMFA", "secret", "token", self.clock() + 43200)
+
+
+async def test_mfa_watcher_sleeps_until_the_warning_the_end_or_a_hook_retry() -> None:
+    clock = StepClock()
+    cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
+    session = UnlockedSession(
+        profile="base", mfa_serial=SERIAL, source=None, unlock_profile="dev", clock=clock
+    )
+    role = RoleHop(
+        profile="dev", role_arn="arn:aws:iam::111111111111:role/dev", source=session, session_name="t"
+    )
+    watcher = MfaWatcher(cache, lambda: [role], settings=Settings, clock=clock, notify=None)
+    watcher.tick()
+    assert watcher.next_deadline() == math.inf  # waiting for a code: only a wake-up helps
+
+    await cache.renew(session)
+    start = clock.now
+    assert watcher.next_deadline() == start + 43200 - 3600  # the warning an hour ahead
+    clock.now = start + 43200 - 3600
+    watcher.tick()
+    entry = cache.entry(session)
+    assert entry is not None and watcher.next_deadline() == entry.servable_until  # warned: its end
+
+    hooked = dataclasses.replace(session, mfa_process="false")
+    top = dataclasses.replace(role, source=hooked)
+    watcher = MfaWatcher(cache, lambda: [top], settings=Settings, clock=clock, notify=None)
+    cache.forget(set())
+    watcher.tick()  # runs the hook, which fails
+    for _ in range(200):
+        if watcher.next_deadline() < math.inf:
+            break
+        await asyncio.sleep(0.01)
+    assert watcher.next_deadline() == clock.now + 15.0  # its retry
+    await watcher.stop()
 
 
 def test_mfa_code_is_scrubbed_but_the_serial_is_kept() -> None:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -182,3 +183,36 @@ def test_daemon_refuses_non_loopback_addresses(aws_home: AwsHome, host: str) -> 
     )
     assert result.returncode != 0
     assert "not a loopback address" in result.stderr
+
+
+def served_date(response: httpx.Response) -> float:
+    return parsedate_to_datetime(response.headers["date"]).timestamp()
+
+
+def test_warm_answers_keep_the_contract_headers_and_a_fresh_date(daemon: Daemon) -> None:
+    cold = daemon.get("/creds/prod")  # fetched: answered through FastAPI
+    warm = daemon.get("/creds/prod")  # cached: answered by the Guard's fast path
+    assert warm.json() == cold.json()
+    assert (
+        set(warm.headers) == set(cold.headers) == {"date", "content-type", "content-length", "cache-control"}
+    )
+    for response in (cold, warm):
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["cache-control"] == "no-store"
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert abs(served_date(response) - time.time()) < 2
+    # No timer keeps the Date header fresh any more: it must still move on while idle.
+    time.sleep(2.1)
+    for later in (daemon.get("/creds/prod"), daemon.get("/healthz", token=None), daemon.get("/nope")):
+        assert served_date(later) >= served_date(warm) + 2
+        assert abs(served_date(later) - time.time()) < 2
+
+
+def test_warm_credentials_pass_every_check_of_the_guard_first(daemon: Daemon) -> None:
+    assert daemon.get("/creds/prod").status_code == 200  # warm from now on
+    assert_error(daemon.get("/creds/prod", token=None), 401, "MissingToken")
+    assert_error(daemon.get("/creds/prod", token="x" * 43), 403, "InvalidToken")
+    assert_error(daemon.get("/creds/prod", headers={"Host": "evil.example"}), 403, "ForbiddenHost")
+    response = httpx.post(daemon.creds_url("prod"), headers={"Authorization": daemon.token})
+    assert_error(response, 405, "MethodNotAllowed")
+    assert_error(daemon.get("/creds/prod/extra"), 404, "NotFound")

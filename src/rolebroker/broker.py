@@ -18,7 +18,7 @@ from rolebroker.errors import BrokerError, ConfigFileError, MfaNotConfigured, Mf
 from rolebroker.hops import Hop, MfaSessionHop, chain_of
 from rolebroker.mfa import MfaWatcher, mfa_session_of
 from rolebroker.profiles import ProfileCatalog
-from rolebroker.refresher import Refresher
+from rolebroker.refresher import MAX_SLEEP, Refresher
 from rolebroker.statusdoc import StatusDoc
 from rolebroker.statusview import build_status
 from rolebroker.timing import RefreshTiming
@@ -37,7 +37,7 @@ class Broker:
         load_catalog: CatalogLoader = ProfileCatalog.load,
         reload_settings: Callable[[], Settings] = load_settings,
         clock: Clock = time.time,
-        refresh_interval: float = 1.0,
+        max_sleep: float = MAX_SLEEP,
         warm_file: Path | None = None,
     ) -> None:
         self.settings = settings
@@ -51,14 +51,15 @@ class Broker:
         self._clock = clock
         self._started_at = clock()
         self.cache = CredentialCache(RefreshTiming(refresh_before=settings.refresh_before), clock=clock)
-        self._refresher = Refresher(self.cache, self._warm_targets, interval=refresh_interval)
+        self._refresher = Refresher(self.cache, self._warm_targets, clock=clock, max_sleep=max_sleep)
         self.mfa = MfaWatcher(
             self.cache,
             self._warm_targets,
             settings=lambda: self.settings,
             clock=clock,
-            interval=refresh_interval,
+            max_sleep=max_sleep,
         )
+        self.cache.on_landed = self._wake_background
         self._catalog: ProfileCatalog | None = None
         self._catalog_error: BrokerError | None = None
         self._last_used: dict[str, float] = {}
@@ -124,6 +125,7 @@ class Broker:
             keep = {hop.key for hop in self._hops(catalog)}
             before = {hop.key for hop in self._hops(previous)}
             self.cache.forget(keep)
+            self._wake_background()
             log.info(
                 "reloaded %d AWS profiles (%s): %d hops kept, %d new",
                 len(catalog.profiles),
@@ -180,8 +182,7 @@ class Broker:
 
     async def credentials(self, profile: str) -> Credentials:
         top = await self._resolve(profile)
-        self._last_used[profile] = self._clock()
-        self._requests[profile] += 1
+        self._note_use(profile)
         wait = self.settings.request_timeout
         try:
             try:
@@ -195,6 +196,34 @@ class Broker:
             return self.cache.peek(top) or await self.cache.get(top, wait=wait)
         except MfaRequired:
             raise self._mfa_required(profile, top) from None
+
+    def warm_body(self, profile: str) -> bytes | None:
+        """The fast path (server.Guard): the JSON body of ``profile``'s credentials when they
+        need no refresh, or None, and then :meth:`credentials` answers, errors included."""
+        catalog = self._catalog
+        if catalog is None:
+            return None
+        try:
+            top = catalog.hop(profile)
+        except BrokerError:
+            return None
+        body = self.cache.peek_body(top)
+        if body is not None:
+            self._note_use(profile)
+        return body
+
+    def _note_use(self, profile: str) -> None:
+        """Keeps ``profile`` warm; a name new to the warm set wakes the background loops."""
+        if profile not in self._last_used:
+            self._wake_background()
+        self._last_used[profile] = self._clock()
+        self._requests[profile] += 1
+        if self._warm is not None:
+            self._warm.touch()
+
+    def _wake_background(self) -> None:
+        self._refresher.wake()
+        self.mfa.wake()
 
     async def _reload_if_changed(self, profile: str) -> bool:
         catalog = self._catalog

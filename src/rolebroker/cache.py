@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from cachetools import TLRUCache
@@ -41,6 +42,8 @@ class CacheEntry:
     refresh_at: float
     servable_until: float
     warned_stale: bool = False
+    body: bytes | None = field(default=None, repr=False)
+    """The HTTP body of these credentials, serialised once for the fast path (server.py)."""
 
 
 @dataclass(slots=True)
@@ -104,6 +107,8 @@ class CredentialCache:
         )
         self._flights: dict[str, asyncio.Task[Credentials]] = {}
         self._stats: dict[str, HopStats] = {}
+        self.on_landed: Callable[[], None] | None = None
+        """Called when a fetch ends: the refresher and the MFA watcher sleep until told."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -113,6 +118,16 @@ class CredentialCache:
         if entry is not None and self._clock() < entry.refresh_at:
             return entry.credentials
         return None
+
+    def peek_body(self, hop: Hop) -> bytes | None:
+        """:meth:`peek` as the JSON body GET /creds answers, serialised once per entry."""
+        entry = self._entries.get(hop.key)
+        if entry is None or self._clock() >= entry.refresh_at:
+            return None
+        if entry.body is None:
+            document = entry.credentials.to_ecs_json()
+            entry.body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        return entry.body
 
     def entry(self, hop: Hop) -> CacheEntry | None:
         return self._entries.get(hop.key)
@@ -229,6 +244,8 @@ class CredentialCache:
             del self._flights[key]
         if not task.cancelled():
             task.exception()  # marks it retrieved; errors were logged in _fetch
+        if self.on_landed is not None:
+            self.on_landed()
 
     async def _fetch(self, hop: Hop) -> Credentials:
         stats = self.stats(hop)

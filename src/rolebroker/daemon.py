@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -103,6 +104,7 @@ def run_daemon(
         log_config=None,
         access_log=False,
         server_header=False,
+        date_header=False,  # uvicorn refreshes it on a 0.1 s tick; the Guard adds its own (server.py)
         lifespan="on",
         timeout_graceful_shutdown=5,
         **connection_limits(raise_file_limit()),
@@ -136,11 +138,29 @@ def run_daemon(
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM with the default handler inside serve(), so nothing after
     ``await server.serve()`` runs on SIGTERM: announce STOPPING=1 (and remove the discovery
-    file) when shutdown starts."""
+    file) when shutdown starts.
+
+    uvicorn's main loop wakes ten times a second to look at ``should_exit``; an idle daemon
+    should sleep, so this one waits for :meth:`handle_exit` to say so."""
 
     def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._exit = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.on_tick(0)  # the default headers, once (the Guard adds a fresh Date)
+        if not self.should_exit:
+            await self._exit.wait()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Runs in a signal handler: the loop may be inside select(), so wake it through
+        its self-pipe, not with a plain Event.set()."""
+        super().handle_exit(sig, frame)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._exit.set)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("rolebroker stopping")

@@ -27,6 +27,7 @@ from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InvalidMfaCode
 from rolebroker.hops import Hop, MfaSessionHop, chain_of
 from rolebroker.mfacode import valid_code
+from rolebroker.refresher import MAX_SLEEP
 
 log = logging.getLogger("rolebroker")
 
@@ -151,7 +152,7 @@ class MfaWatcher:
         *,
         settings: Callable[[], Settings],
         clock: Clock = time.time,
-        interval: float = 1.0,
+        max_sleep: float = MAX_SLEEP,
         notify: Notifier | None = desktop_notify,
         hook_timeout: float = HOOK_TIMEOUT,
     ) -> None:
@@ -160,7 +161,7 @@ class MfaWatcher:
         self._settings = settings
         """A getter: refresh_before and request_timeout can change on reload."""
         self._clock = clock
-        self._interval = interval
+        self._max_sleep = max_sleep
         self._notify = notify
         self._hook_timeout = hook_timeout
         self._processes: set[subprocess.Popen[str]] = set()
@@ -236,15 +237,36 @@ class MfaWatcher:
             self._wake.set()
 
     async def run(self) -> None:
+        """Ticks, then sleeps until the next deadline or a :meth:`wake` (a locked profile
+        met, a fetch landed, a hook finished, a reload)."""
         self._wake = asyncio.Event()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
             try:
                 self.tick()
+                pause = self.next_deadline() - self._clock()
             except Exception:  # the watcher must outlive any bug in one profile
                 log.exception("MFA watcher tick failed")
+                pause = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(max(pause, 0.0), self._max_sleep))
+            self._wake.clear()
+
+    def next_deadline(self) -> float:
+        """When a tick next has news: a session reaching its warning time or ending, or a
+        failed mfa_process due for a retry. Past times are left out: the tick just saw them."""
+        now = self._clock()
+        times: list[float] = []
+        for top in self._targets():
+            hop = mfa_session_of(top)
+            if hop is None:
+                continue
+            entry = self._cache.entry(hop)
+            if entry is not None:
+                times += (self.warn_at(entry), entry.servable_until)
+            hook = self._hooks.get(hop.key)
+            if hop.mfa_process and hook is not None:
+                times.append(hook.retry_at)
+        return min((t for t in times if t > now), default=float("inf"))
 
     async def stop(self) -> None:
         """Kills running hooks too: a hook waiting for a key touch must not hold up shutdown."""
@@ -319,6 +341,7 @@ class MfaWatcher:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self.wake())  # a failed hook has a retry time now
         return task
 
     def _send_notification(self, title: str, body: str) -> None:

@@ -30,6 +30,7 @@ from rolebroker.errors import (
     ProfileNotFound,
     TokenRotateFailed,
 )
+from rolebroker.httpdate import HttpDate
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
 from rolebroker.mfa import code_from_body
@@ -61,10 +62,21 @@ class Guard:
     that the warm path pays for no dependency injection. Refusals are logged once per kind
     and minute: a flood of bad requests leaves a few lines, not one per request."""
 
-    def __init__(self, app: ASGIApp, token: TokenStore, refusals: LogThrottle) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: TokenStore,
+        refusals: LogThrottle,
+        *,
+        warm: Callable[[str], bytes | None] | None = None,
+        date: Callable[[], bytes] | None = None,
+    ) -> None:
         self._app = app
         self._token = token
         self._refusals = refusals
+        self._warm = warm
+        """Path to pre-serialised warm credentials, or None: the fast path of GET /creds."""
+        self._date = date or HttpDate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,9 +105,26 @@ class Guard:
                 error.code,
             )
             body_pending = chunked or (length is not None and length != b"0")
-            await send_error(send, error, close=body_pending)
+            await send_error(self._dated(send), error, close=body_pending)
             return
-        await self._app(scope, _limited(receive, MAX_BODY_BYTES) if (chunked or length) else receive, send)
+        if chunked or length:
+            receive = _limited(receive, MAX_BODY_BYTES)
+        elif self._warm is not None and scope["method"] == "GET":
+            body = self._warm(scope["path"])
+            if body is not None:
+                await _send_warm(send, body, self._date())
+                return
+        await self._app(scope, receive, self._dated(send))
+
+    def _dated(self, send: Send) -> Send:
+        """Every response carries a Date header (uvicorn's own is off: daemon.py)."""
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [(b"date", self._date()), *message.get("headers", ())]
+            await send(message)
+
+        return dated
 
     def _refusal(self, hosts: list[str], authorization: str | None, path: str) -> BrokerError | None:
         if len(hosts) > 1:
@@ -120,6 +149,18 @@ class Guard:
             "the Authorization header does not match the daemon's token; re-export it "
             '(run: eval "$(rolebroker env PROFILE)")'
         )
+
+
+async def _send_warm(send: Send, body: bytes, date: bytes) -> None:
+    """The warm answer of GET /creds without routing: the headers JSONResponse would send."""
+    headers = [
+        (b"date", date),
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _oversized(length: bytes | None) -> BrokerError | None:
@@ -272,4 +313,15 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         body: dict[str, Any] = {"code": "InternalError", "message": "internal error; see the daemon log"}
         return JSONResponse(body, status_code=500)
 
-    return Guard(app, token, refusals)
+    def warm(path: str) -> bytes | None:
+        """GET /creds/{profile} and GET /creds when the answer is warm; None sends the
+        request through FastAPI, so every other case (and every error) keeps one path."""
+        if path == "/creds":
+            return broker.warm_body(broker.settings.default_profile)
+        if path.startswith("/creds/"):
+            profile = path[7:]
+            if profile and "/" not in profile:
+                return broker.warm_body(profile)
+        return None
+
+    return Guard(app, token, refusals, warm=warm)

@@ -103,6 +103,7 @@ class WarmSet:
         self._interval = interval
         self._clock = clock
         self._saved: dict[str, float] | None = None
+        self._dirty: asyncio.Event | None = None
 
     async def restore(self, *, keep_warm: float, known: Collection[str] | None) -> dict[str, float]:
         """The saved profiles still worth warming (read in a thread)."""
@@ -131,9 +132,18 @@ class WarmSet:
             return
         self._saved = current
 
+    def touch(self) -> None:
+        """A profile was used: the file may need a write (at most every ``interval``)."""
+        if self._dirty is not None:
+            self._dirty.set()
+
     async def run(self) -> None:
+        """Sleeps until a use, then writes ``interval`` later: an idle daemon never wakes here."""
+        self._dirty = asyncio.Event()
         while True:
+            await self._dirty.wait()
             await asyncio.sleep(self._interval)
+            self._dirty.clear()
             try:
                 await self.flush()
             except Exception:  # never let a bug here stop serving
