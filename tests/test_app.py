@@ -63,7 +63,7 @@ async def app(aws_files: AwsFiles, tmp_path: Path) -> AsyncIterator[App]:
     sts = FakeSts(clock, lifetime=HOUR)
     settings = Settings(token_file=tmp_path / "token", refresh_before=1200.0)
     broker = Broker(
-        settings, load_catalog=sts.load, reload_settings=lambda: settings, clock=clock, refresh_interval=0.01
+        settings, load_catalog=sts.load, reload_settings=lambda: settings, clock=clock, max_sleep=0.01
     )
     await broker.start()
     transport = httpx.ASGITransport(app=create_app(broker, TokenStore(TOKEN, tmp_path / "token")))

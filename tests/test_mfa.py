@@ -475,14 +475,14 @@ async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() ->
 class UnlockedSession(MfaSessionHop):
     """An MFA session that unlocks without STS: 12 h of the fake clock."""
 
-    clock: StepClock = field(default_factory=StepClock, compare=False)
+    clock: FakeClock = field(default_factory=FakeClock, compare=False)
 
     def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
         return Credentials("ASIAMFA", "secret", "token", self.clock() + 43200)
 
 
 async def test_mfa_watcher_sleeps_until_the_warning_the_end_or_a_hook_retry() -> None:
-    clock = StepClock()
+    clock = FakeClock()
     cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
     session = UnlockedSession(
         profile="base", mfa_serial=SERIAL, source=None, unlock_profile="dev", clock=clock

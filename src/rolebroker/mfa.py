@@ -248,7 +248,10 @@ class MfaWatcher:
                 log.exception("MFA watcher tick failed")
                 pause = 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(max(pause, 0.0), self._max_sleep))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the event is set, and stop() would then wait for ever.
+                async with asyncio.timeout(min(max(pause, 0.0), self._max_sleep)):
+                    await self._wake.wait()
             self._wake.clear()
 
     def next_deadline(self) -> float:
