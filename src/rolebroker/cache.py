@@ -23,7 +23,7 @@ from typing import ParamSpec, TypeVar
 from cachetools import TLRUCache
 
 from rolebroker.credentials import Credentials, format_expiration
-from rolebroker.errors import BrokerError, StsTimeout, UpstreamCredentialsExpired
+from rolebroker.errors import BrokerError, InternalError, StsTimeout, UpstreamCredentialsExpired
 from rolebroker.hops import Attempts, Hop
 from rolebroker.timing import RefreshTiming
 
@@ -247,7 +247,7 @@ class CredentialCache:
         except Exception as exc:
             stats.fetches += 1 if attempts.count is None else attempts.count
             log.exception("unexpected error fetching %s", hop.label)
-            error = BrokerError(
+            error = InternalError(
                 f"unexpected {type(exc).__name__} while fetching {hop.label}; see the daemon log"
             )
             self._failed(hop, stats, error)

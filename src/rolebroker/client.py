@@ -22,6 +22,7 @@ from typing import Any
 from rolebroker import discovery, procfs
 from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.errors import BadReply, HttpError
 
 CLIENT_HOST = "127.0.0.1"
 """The one host every SDK accepts in FULL_URI without a DNS lookup (docs/clients.md); the CLI uses it too."""
@@ -153,7 +154,9 @@ class DaemonClient:
         body = self.checked("GET", "/status").json_object()
         if body is None:
             raise DaemonError(
-                502, "BadReply", "GET /status did not return a JSON object; is that rolebroker?"
+                BadReply.status,
+                BadReply.code,
+                "GET /status did not return a JSON object; is that rolebroker?",
             )
         return body
 
@@ -299,7 +302,7 @@ def error_of(reply: Reply) -> DaemonError:
     if isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str):
         return DaemonError(reply.status, body["code"], body["message"])
     return DaemonError(
-        reply.status, "HttpError", f"HTTP {reply.status} without an error body; see the daemon log"
+        reply.status, HttpError.code, f"HTTP {reply.status} without an error body; see the daemon log"
     )
 
 

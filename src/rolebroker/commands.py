@@ -35,6 +35,7 @@ from rolebroker.client import (
     start_hint,
 )
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
+from rolebroker.errors import BadReply
 from rolebroker.mfa import valid_code
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -379,7 +380,7 @@ def _issued(profile: str, port: int | None, token_file: Path | None, fmt: str) -
         try:
             credentials = export.IssuedCredentials.from_ecs(body or {})
         except export.BadCredentials as exc:
-            raise DaemonError(502, "BadReply", f"{exc}; is that rolebroker?") from None
+            raise DaemonError(BadReply.status, BadReply.code, f"{exc}; is that rolebroker?") from None
     return export.render(credentials, fmt, ecs_json=reply.text)
 
 
