@@ -22,6 +22,7 @@ from rolebroker.cache import CredentialCache
 from rolebroker.credentials import Credentials
 from rolebroker.errors import InvalidMfaCode, MfaRequired, ProfileConfigError
 from rolebroker.hops import MfaSessionHop, RoleHop, SourceHop, chain_of
+from rolebroker.livesettings import LiveSettings
 from rolebroker.mfa import MfaProcessError, code_from_body, run_mfa_process
 from rolebroker.profiles import ProfileCatalog
 from rolebroker.refresher import Refresher
@@ -476,7 +477,7 @@ class StepClock:
 
 async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() -> None:
     clock = StepClock()
-    cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
+    cache = CredentialCache(LiveSettings.of_timing(RefreshTiming()), clock=clock, jitter=lambda: 0.5)
     root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
     mfa = MfaSessionHop(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
     roles = [

@@ -25,6 +25,7 @@ from cachetools import TLRUCache
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InternalError, StsTimeout, UpstreamCredentialsExpired
 from rolebroker.hops import Attempts, Hop
+from rolebroker.livesettings import LiveSettings
 from rolebroker.timing import RefreshTiming
 
 log = logging.getLogger("rolebroker")
@@ -85,7 +86,7 @@ class ThreadPerFlight(Executor):
 class CredentialCache:
     def __init__(
         self,
-        timing: RefreshTiming,
+        live: LiveSettings,
         *,
         clock: Clock = time.time,
         executor: Executor | None = None,
@@ -93,7 +94,7 @@ class CredentialCache:
         max_backoff: float = 60.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.timing = timing
+        self._live = live
         self._clock = clock
         self._executor = executor or ThreadPerFlight()
         self._max_backoff = max_backoff
@@ -104,6 +105,12 @@ class CredentialCache:
         )
         self._flights: dict[str, asyncio.Task[Credentials]] = {}
         self._stats: dict[str, HopStats] = {}
+
+    @property
+    def timing(self) -> RefreshTiming:
+        """Read from the live settings at each use: a reload's refresh_before applies from
+        each hop's next fetch on."""
+        return self._live.timing
 
     # -- reading -----------------------------------------------------------------------
 

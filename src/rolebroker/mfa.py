@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rolebroker.cache import CacheEntry, Clock, CredentialCache
-from rolebroker.config import Settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InvalidMfaCode
 from rolebroker.hops import Hop, MfaSessionHop, chain_of
+from rolebroker.livesettings import LiveSettings
 
 log = logging.getLogger("rolebroker")
 
@@ -154,7 +154,7 @@ class MfaWatcher:
         cache: CredentialCache,
         targets: Callable[[], Iterable[Hop]],
         *,
-        settings: Callable[[], Settings],
+        settings: LiveSettings,
         clock: Clock = time.time,
         interval: float = 1.0,
         notify: Notifier | None = desktop_notify,
@@ -162,8 +162,8 @@ class MfaWatcher:
     ) -> None:
         self._cache = cache
         self._targets = targets
-        self._settings = settings
-        """A getter: refresh_before and request_timeout can change on reload."""
+        self._live = settings
+        """refresh_before and request_timeout can change on reload: read at each use."""
         self._clock = clock
         self._interval = interval
         self._notify = notify
@@ -181,7 +181,7 @@ class MfaWatcher:
         """Spend ``code`` on one GetSessionToken; every chain through ``hop`` then works."""
         if not valid_code(code):
             raise InvalidMfaCode(f"an MFA code is 6 digits; run: rolebroker mfa {hop.unlock_profile}")
-        wait = self._settings().request_timeout
+        wait = self._live.settings.request_timeout
         credentials = await self._cache.renew(hop.with_code(code), wait=wait)
         self._waiting.discard(hop.key)
         log.info(
@@ -198,7 +198,7 @@ class MfaWatcher:
         if expiration is None:
             return float("inf")
         lifetime = max(expiration - entry.issued_at, 0.0)
-        warn_before = max(self._settings().refresh_before, MFA_WARN_BEFORE)
+        warn_before = max(self._live.settings.refresh_before, MFA_WARN_BEFORE)
         return expiration - min(warn_before, lifetime / 2)
 
     def state(self, hop: MfaSessionHop, now: float) -> str:
