@@ -6,6 +6,7 @@ STS is moto behind the counting proxy; no test waits on a terminal."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pty
@@ -23,9 +24,11 @@ from rolebroker.credentials import Credentials
 from rolebroker.errors import InvalidMfaCode, MfaRequired, ProfileConfigError
 from rolebroker.hops import MfaSessionHop, RoleHop, SourceHop, chain_of
 from rolebroker.livesettings import LiveSettings
-from rolebroker.mfa import MfaProcessError, code_from_body, run_mfa_process
+from rolebroker.mfa import valid_code
+from rolebroker.mfahook import MfaProcessError, run_mfa_process
 from rolebroker.profiles import ProfileCatalog
 from rolebroker.refresher import Refresher
+from rolebroker.server import code_from_body
 from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
 from tests.support.daemon import CHAIN_CREDENTIALS, AwsHome, Daemon
@@ -518,17 +521,18 @@ def test_code_from_body_accepts_only_six_digits() -> None:
 def test_mfa_process_output_timeout_and_failure(tmp_path: Path) -> None:
     script = tmp_path / "hook.py"
     script.write_text("import sys\nprint('press the key')\nprint(sys.argv[1])\nsys.exit(int(sys.argv[2]))\n")
+    hook = functools.partial(run_mfa_process, is_code=valid_code)
     base = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
-    assert run_mfa_process(f"{base} 654321 0") == "654321"
+    assert hook(f"{base} 654321 0") == "654321"
     with pytest.raises(MfaProcessError, match="status 3") as failed:
-        run_mfa_process(f"{base} 654321 3")
+        hook(f"{base} 654321 3")
     assert "654321" not in str(failed.value)
     with pytest.raises(MfaProcessError, match="not a 6-digit code") as junk:
-        run_mfa_process(f"{base} secret-junk 0")
+        hook(f"{base} secret-junk 0")
     assert "secret-junk" not in str(junk.value)
     began = time.monotonic()
     with pytest.raises(MfaProcessError, match="did not finish"):
-        run_mfa_process(f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)'", timeout=0.5)
+        hook(f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)'", timeout=0.5)
     assert time.monotonic() - began < 5
     with pytest.raises(MfaProcessError, match="cannot run"):
-        run_mfa_process(str(tmp_path / "missing-tool"))
+        hook(str(tmp_path / "missing-tool"))

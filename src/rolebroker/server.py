@@ -24,6 +24,7 @@ from rolebroker.errors import (
     ConfigFileError,
     ForbiddenHost,
     InternalError,
+    InvalidMfaCode,
     InvalidNonce,
     InvalidToken,
     MethodNotAllowed,
@@ -35,7 +36,7 @@ from rolebroker.errors import (
 )
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
-from rolebroker.mfa import code_from_body
+from rolebroker.mfa import valid_code
 
 log = logging.getLogger("rolebroker")
 
@@ -156,6 +157,18 @@ async def send_error(send: Send, error: BrokerError, *, close: bool = False) -> 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def code_from_body(raw: bytes) -> str:
+    """The code of a ``POST /mfa/{profile}`` body ``{"code": "123456"}``; never echoed back."""
+    try:
+        body = json.loads(raw) if len(raw) <= 1024 else None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: `[[[[...` nested deep
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not valid_code(code):
+        raise InvalidMfaCode('send {"code": "123456"}: an MFA code is 6 digits; run: rolebroker mfa PROFILE')
+    return code
 
 
 def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
