@@ -19,6 +19,7 @@ from rolebroker.config import Settings
 from rolebroker.credentials import Credentials
 from rolebroker.errors import MfaRequired, StsUnavailable
 from rolebroker.hops import SourceHop
+from rolebroker.livesettings import LiveSettings
 from rolebroker.mfa import MFA_WARN_BEFORE, MfaWatcher
 from rolebroker.server import create_app
 from rolebroker.statusdoc import ProfileStatus
@@ -186,7 +187,7 @@ class Watched:
 @pytest.fixture
 async def watched() -> AsyncIterator[Watched]:
     clock = FakeClock()
-    cache = CredentialCache(RefreshTiming(refresh_before=1200.0), clock=clock)
+    cache = CredentialCache(LiveSettings.of_timing(RefreshTiming(refresh_before=1200.0)), clock=clock)
     root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
     mfa = FakeMfaSessionHop(
         profile="base", mfa_serial=SERIAL, source=root, unlock_profile="prod", clock=clock, lifetime=HOUR * 12
@@ -196,7 +197,7 @@ async def watched() -> AsyncIterator[Watched]:
     watcher = MfaWatcher(
         cache,
         lambda: [role],
-        settings=lambda: Settings(refresh_before=1200.0),
+        settings=LiveSettings(Settings(refresh_before=1200.0)),
         clock=clock,
         notify=lambda title, body: notes.append(f"{title}: {body}"),
     )

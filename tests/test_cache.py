@@ -21,6 +21,7 @@ from rolebroker.errors import (
     UpstreamCredentialsExpired,
 )
 from rolebroker.hops import Attempts, Hop
+from rolebroker.livesettings import LiveSettings
 from rolebroker.refresher import Refresher
 from rolebroker.timing import RefreshTiming
 from tests.support.clock import FakeClock
@@ -34,7 +35,7 @@ def clock() -> FakeClock:
 
 def make_cache(clock: FakeClock, **kwargs: float) -> CredentialCache:
     timing = RefreshTiming(refresh_before=kwargs.pop("refresh_before", 1200.0), serve_floor=300.0)
-    return CredentialCache(timing, clock=clock, jitter=lambda: 0.5, **kwargs)  # type: ignore[arg-type]
+    return CredentialCache(LiveSettings.of_timing(timing), clock=clock, jitter=lambda: 0.5, **kwargs)  # type: ignore[arg-type]
 
 
 async def settle(cache: CredentialCache, hop: Hop) -> None:

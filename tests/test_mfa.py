@@ -26,8 +26,11 @@ from rolebroker.config import Settings
 from rolebroker.credentials import Credentials
 from rolebroker.errors import InvalidMfaCode, MfaRequired, ProfileConfigError
 from rolebroker.hops import Attempts, MfaSessionHop, RoleHop, SourceHop, chain_of
-from rolebroker.mfa import MfaProcessError, MfaWatcher, code_from_body, run_mfa_process
+from rolebroker.livesettings import LiveSettings
+from rolebroker.mfa import MfaWatcher
+from rolebroker.mfahook import MfaProcessError, run_mfa_process
 from rolebroker.refresher import Refresher
+from rolebroker.server import code_from_body
 from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
 from tests.support.awsconfig import AwsFiles
@@ -448,7 +451,7 @@ def test_mfa_session_without_a_code_or_long_term_keys_fails_at_once() -> None:
 
 async def test_refresher_waits_out_a_locked_mfa_session_instead_of_spinning() -> None:
     clock = FakeClock()
-    cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
+    cache = CredentialCache(LiveSettings.of_timing(RefreshTiming()), clock=clock, jitter=lambda: 0.5)
     root = SourceHop(profile="base", fingerprint="x", static=Credentials("AKIA1", "secret"))
     mfa = MfaSessionHop(profile="base", mfa_serial=SERIAL, source=root, unlock_profile="dev")
     roles = [
@@ -483,14 +486,14 @@ class UnlockedSession(MfaSessionHop):
 
 async def test_mfa_watcher_sleeps_until_the_warning_the_end_or_a_hook_retry() -> None:
     clock = FakeClock()
-    cache = CredentialCache(RefreshTiming(), clock=clock, jitter=lambda: 0.5)
+    cache = CredentialCache(LiveSettings.of_timing(RefreshTiming()), clock=clock, jitter=lambda: 0.5)
     session = UnlockedSession(
         profile="base", mfa_serial=SERIAL, source=None, unlock_profile="dev", clock=clock
     )
     role = RoleHop(
         profile="dev", role_arn="arn:aws:iam::111111111111:role/dev", source=session, session_name="t"
     )
-    watcher = MfaWatcher(cache, lambda: [role], settings=Settings, clock=clock, notify=None)
+    watcher = MfaWatcher(cache, lambda: [role], settings=LiveSettings(Settings()), clock=clock, notify=None)
     watcher.tick()
     assert watcher.next_deadline() == math.inf  # waiting for a code: only a wake-up helps
 
@@ -504,7 +507,7 @@ async def test_mfa_watcher_sleeps_until_the_warning_the_end_or_a_hook_retry() ->
 
     hooked = dataclasses.replace(session, mfa_process="false")
     top = dataclasses.replace(role, source=hooked)
-    watcher = MfaWatcher(cache, lambda: [top], settings=Settings, clock=clock, notify=None)
+    watcher = MfaWatcher(cache, lambda: [top], settings=LiveSettings(Settings()), clock=clock, notify=None)
     cache.forget(set())
     watcher.tick()  # runs the hook, which fails
     for _ in range(200):
@@ -535,17 +538,18 @@ def test_code_from_body_accepts_only_six_digits() -> None:
 def test_mfa_process_output_timeout_and_failure(tmp_path: Path) -> None:
     script = tmp_path / "hook.py"
     script.write_text("import sys\nprint('press the key')\nprint(sys.argv[1])\nsys.exit(int(sys.argv[2]))\n")
+    hook = run_mfa_process
     base = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
-    assert run_mfa_process(f"{base} 654321 0") == "654321"
+    assert hook(f"{base} 654321 0") == "654321"
     with pytest.raises(MfaProcessError, match="status 3") as failed:
-        run_mfa_process(f"{base} 654321 3")
+        hook(f"{base} 654321 3")
     assert "654321" not in str(failed.value)
     with pytest.raises(MfaProcessError, match="not a 6-digit code") as junk:
-        run_mfa_process(f"{base} secret-junk 0")
+        hook(f"{base} secret-junk 0")
     assert "secret-junk" not in str(junk.value)
     began = time.monotonic()
     with pytest.raises(MfaProcessError, match="did not finish"):
-        run_mfa_process(f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)'", timeout=0.5)
+        hook(f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)'", timeout=0.5)
     assert time.monotonic() - began < 5
     with pytest.raises(MfaProcessError, match="cannot run"):
-        run_mfa_process(str(tmp_path / "missing-tool"))
+        hook(str(tmp_path / "missing-tool"))

@@ -12,7 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rolebroker.broker import Broker
+from rolebroker.cache import CacheEntry
 from rolebroker.config import Settings, apply_settings
+from rolebroker.credentials import Credentials
+from rolebroker.errors import ConfigFileError
+from rolebroker.profiles import ProfileCatalog
+from rolebroker.timing import RefreshTiming
 from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import CHAIN_CONFIG, Daemon
@@ -20,6 +26,9 @@ from tests.support.stsproxy import StsProxy
 from tests.support.waiting import wait_until
 
 STAGING = "\n[profile staging]\nrole_arn = arn:aws:iam::444444444444:role/staging\nsource_profile = dev\n"
+
+EXPIRES = 100_000.0
+CREDS = Credentials("AKIDEXAMPLE", "secret", "token", expiration=EXPIRES)
 
 
 def assumed(sts: StsProxy, role: str) -> list[dict[str, str]]:
@@ -150,3 +159,28 @@ def test_sigterm_finishes_in_flight_requests_then_exits(daemon: Daemon, sts: Sts
     assert "Traceback" not in daemon.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{daemon.base_url}/healthz", timeout=1)
+
+
+async def test_a_reload_replaces_the_live_settings_that_cache_and_mfa_watcher_read(tmp_path: Path) -> None:
+    """In process: one holder, replaced once, and every reader sees the new value."""
+    token = tmp_path / "token"
+    changed = Settings(token_file=token, refresh_before=600.0, request_timeout=2.0)
+    reads = [Settings(token_file=token), changed]
+
+    def no_config() -> ProfileCatalog:
+        raise ConfigFileError("no AWS config in this test")
+
+    broker = Broker(Settings(token_file=token), load_catalog=no_config, reload_settings=lambda: reads.pop(0))
+    await broker.reload(reason="start")  # records the baseline
+    assert broker.cache.timing.refresh_before == 1200.0
+
+    await broker.reload(reason="test")
+    assert broker.settings.refresh_before == 600.0 and broker.live.settings.request_timeout == 2.0
+    assert broker.cache.timing.refresh_before == 600.0
+    assert broker.cache.timing.serve_floor == RefreshTiming().serve_floor  # the rest of the timing kept
+    # The watcher warns an hour (or refresh_before, if longer) before an MFA session ends.
+    entry = CacheEntry(CREDS, issued_at=0.0, refresh_at=0.0, servable_until=0.0)
+    assert broker.mfa.warn_at(entry) == EXPIRES - 3600.0
+    broker.live.replace(Settings(token_file=token, refresh_before=7200.0))
+    assert broker.mfa.warn_at(entry) == EXPIRES - 7200.0
+    assert broker.cache.timing.refresh_before == 7200.0

@@ -4,13 +4,18 @@ loops or missing source profiles answered as clear 4xx errors, never 500s."""
 
 from __future__ import annotations
 
+import datetime
+import logging
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from botocore.credentials import Credentials as BotocoreCredentials
+from botocore.credentials import RefreshableCredentials
 
+from rolebroker.hops import SourceHop, source_hop
 from tests.conftest import StartDaemon
 from tests.support.daemon import AwsHome, Daemon
 from tests.support.stsproxy import StsProxy
@@ -210,3 +215,45 @@ def test_broken_chains_are_clear_client_errors(
         if status == 400:
             assert rows[profile]["state"] == "error", rows[profile]
             assert rows[profile]["last_error"]["code"] == code
+
+
+# -- the expiry of a root, read from botocore ------------------------------------------------
+
+
+def use_aws_home(home: AwsHome, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    for name, value in {**home.env(), **extra}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_botocore_gives_the_expiry_of_a_credential_process_root(
+    process_home: AwsHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pins botocore's private _expiry_time: if it moves, the root gets the 15-minute
+    # fallback lifetime instead of the process's Expiration, and this fails.
+    use_aws_home(process_home, monkeypatch)
+    began = time.time()
+    credentials = SourceHop(profile="proc", fingerprint="pin").fetch(None)
+    assert credentials.expiration is not None
+    # The script prints now + 1 h, truncated to whole seconds.
+    assert began + 3600 - 2 <= credentials.expiration <= time.time() + 3600
+    assert SourceHop(profile="proc-keys", fingerprint="pin").fetch(None).expiration is None
+
+
+def test_unreadable_botocore_expiry_counts_as_expiring_soon(caplog: pytest.LogCaptureFixture) -> None:
+    expires = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    resolved = RefreshableCredentials.create_from_metadata(
+        {"access_key": "a", "secret_key": "b", "token": "c", "expiry_time": expires.isoformat()},
+        refresh_using=lambda: {},
+        method="test",
+    )
+    assert source_hop._expiry_of(resolved, now=1000.0) == expires.timestamp()
+    assert source_hop._expiry_of(BotocoreCredentials("a", "b"), now=1000.0) is None  # static keys
+
+    del resolved._expiry_time  # what a botocore that renamed it looks like
+    source_hop._warn_unknown_expiry.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="rolebroker"):
+        for now in (1000.0, 2000.0):
+            expiry = source_hop._expiry_of(resolved, now=now)
+            assert expiry == now + source_hop.UNKNOWN_EXPIRY_LIFETIME  # renewed early, never kept for ever
+    assert [r.getMessage().startswith("cannot read the expiry") for r in caplog.records] == [True]
+    source_hop._warn_unknown_expiry.cache_clear()

@@ -4,6 +4,8 @@ portal on loopback (``AWS_ENDPOINT_URL_SSO``) and moto STS for the roles chained
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -140,3 +142,25 @@ def test_sso_root_serves_its_role_credentials_and_a_role_chained_from_it(
     }
     assert all(c.bearer_token == ACCESS_TOKEN for c in portal.calls)
     assert len([c for c in portal.calls if c.role_name == "Developer"]) == 1  # cached per hop
+
+
+def test_botocore_gives_the_expiry_of_an_sso_root(aws_home: AwsHome, portal: FakeSsoPortal) -> None:
+    # Pins botocore's private _expiry_time for SSO credentials (fetched on first use): if it
+    # moves, the root gets the 15-minute fallback lifetime instead of the portal's. A fresh
+    # interpreter, like the daemon: botocore fixes the SSO cache directory from HOME at import.
+    aws_home.write(SSO_CONFIG, "")
+    write_sso_token(aws_home.root, start_url=CORP_START_URL, session_name="corp")
+    script = (
+        "from rolebroker.hops import SourceHop; "
+        "c = SourceHop(profile='sso-dev', fingerprint='pin').fetch(None); "
+        "print(c.expiration, c.session_token == " + repr(ROLE_SESSION_TOKEN) + ")"
+    )
+    env = {**aws_home.env(), "AWS_ENDPOINT_URL_SSO": portal.url}
+    began = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expiration, same_token = done.stdout.split()
+    assert same_token == "True"
+    assert began + portal.lifetime - 1 <= float(expiration) <= time.time() + portal.lifetime

@@ -9,7 +9,15 @@ import botocore.exceptions
 import botocore.parsers
 import pytest
 
-from rolebroker.errors import StsBadResponse, StsInvalidRequest, StsTimeout, StsUnavailable
+from rolebroker.errors import (
+    AccessDenied,
+    SourceCredentialsRejected,
+    StsBadResponse,
+    StsInvalidRequest,
+    StsRefused,
+    StsTimeout,
+    StsUnavailable,
+)
 from rolebroker.hops.redact import MAX_UPSTREAM_TEXT, redact
 from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
 
@@ -97,3 +105,21 @@ def test_validation_errors_wait_for_a_config_change() -> None:
         target="t",
     )
     assert isinstance(error, StsInvalidRequest) and error.needs_config_change and error.status == 400
+
+
+@pytest.mark.parametrize(
+    ("sts_code", "kind", "code"),
+    [
+        ("AccessDenied", AccessDenied, "AccessDenied"),
+        ("InvalidClientTokenId", SourceCredentialsRejected, "SourceCredentialsRejected"),
+        ("RegionDisabledException", StsRefused, "StsRefused"),
+        ("Weird<Code>", StsRefused, "StsRefused"),
+    ],
+)
+def test_sts_codes_map_to_catalogue_classes(sts_code: str, kind: type[Exception], code: str) -> None:
+    # STS's own code never becomes the daemon's: an unknown one is StsRefused, named in the message.
+    error = translate_sts_error(
+        client_error(sts_code, "nope"), action="AssumeRole", profile="p", target="arn:aws:iam::1:role/r"
+    )
+    assert type(error) is kind and error.code == code and error.status == 403
+    assert sts_code in error.message or kind is AccessDenied

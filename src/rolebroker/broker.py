@@ -1,10 +1,10 @@
-"""The daemon's state: the current profile snapshot, the cache and the refresher."""
+"""Serving: a profile resolved to the top hop of its chain, its credentials from the cache,
+and the MFA code hand-off. Reloading lives in reloader.py, live settings in livesettings.py."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,21 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from rolebroker.cache import Clock, CredentialCache
-from rolebroker.config import LIVE_SETTINGS, Settings, SettingsError, apply_settings, load_settings
+from rolebroker.config import Settings, load_settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, ConfigFileError, MfaNotConfigured, MfaRequired, ProfileNotFound
-from rolebroker.hops import Hop, MfaSessionHop, chain_of
+from rolebroker.hops import Hop, MfaSessionHop
+from rolebroker.livesettings import LiveSettings
 from rolebroker.mfa import MfaWatcher, mfa_session_of
 from rolebroker.profiles import ProfileCatalog
 from rolebroker.refresher import MAX_SLEEP, Refresher
+from rolebroker.reloader import CatalogLoader, Reloader
 from rolebroker.statusdoc import StatusDoc
 from rolebroker.statusview import build_status
-from rolebroker.timing import RefreshTiming
 from rolebroker.warmset import WarmFile, WarmSet
 
 log = logging.getLogger("rolebroker")
-
-CatalogLoader = Callable[[], ProfileCatalog]
 
 
 class Broker:
@@ -40,36 +39,44 @@ class Broker:
         max_sleep: float = MAX_SLEEP,
         warm_file: Path | None = None,
     ) -> None:
-        self.settings = settings
-        self._load_catalog = load_catalog
-        # Re-reads env and config.toml on reload, with serve's flags applied by the caller.
-        self._load_settings = reload_settings
-        # The settings as last read: one that differs from them was given as a flag (or by
-        # systemd's socket), and such settings keep winning over the file.
-        self._settings_baseline: Settings | None = None
-        self._settings_error: str | None = None
+        self.live = LiveSettings(settings)
+        """The one holder of the current settings: the cache and the MFA watcher read it too."""
         self._clock = clock
         self._started_at = clock()
-        self.cache = CredentialCache(RefreshTiming(refresh_before=settings.refresh_before), clock=clock)
+        self.cache = CredentialCache(self.live, clock=clock)
+        self._reloader = Reloader(
+            self.live, self.cache, load_catalog=load_catalog, load_settings=reload_settings
+        )
         self._refresher = Refresher(self.cache, self._warm_targets, clock=clock, max_sleep=max_sleep)
         self.mfa = MfaWatcher(
-            self.cache,
-            self._warm_targets,
-            settings=lambda: self.settings,
-            clock=clock,
-            max_sleep=max_sleep,
+            self.cache, self._warm_targets, settings=self.live, clock=clock, max_sleep=max_sleep
         )
         self.cache.on_landed = self._wake_background
-        self._catalog: ProfileCatalog | None = None
-        self._catalog_error: BrokerError | None = None
         self._last_used: dict[str, float] = {}
         self._requests: collections.Counter[str] = collections.Counter()
-        self._reload_lock = asyncio.Lock()
         self._refresher_task: asyncio.Task[None] | None = None
         self._mfa_task: asyncio.Task[None] | None = None
         # Profiles used before the last stop, warmed at start (names and times only).
         self._warm = WarmSet(WarmFile(warm_file), lambda: self._last_used, clock=clock) if warm_file else None
         self._warm_task: asyncio.Task[None] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
+
+    # What status() shows of the last reload.
+
+    @property
+    def _catalog(self) -> ProfileCatalog | None:
+        return self._reloader.catalog
+
+    @property
+    def _catalog_error(self) -> BrokerError | None:
+        return self._reloader.catalog_error
+
+    @property
+    def _settings_error(self) -> str | None:
+        return self._reloader.settings_error
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -101,84 +108,21 @@ class Broker:
             await self._warm.flush()
 
     async def reload(self, *, reason: str = "reload", reread_settings: bool = True) -> bool:
-        """Re-read the AWS config. Keeps cached credentials of every hop whose definition
-        did not change (same key); a broken file keeps the previous snapshot.
-        Also re-reads rolebroker's own settings unless ``reread_settings`` is False."""
-        async with self._reload_lock:
-            if reread_settings:
-                await self._reload_settings(reason)
-            try:
-                catalog = await asyncio.to_thread(self._load_catalog)
-            except BrokerError as exc:
-                self._catalog_error = exc
-                log.error("config %s failed code=%s: %s", reason, exc.code, exc.message)
-                return False
-            previous = self._catalog
-            self._catalog, self._catalog_error = catalog, None
-            if previous is None:
-                log.info(
-                    "loaded %d AWS profiles from %s",
-                    len(catalog.profiles),
-                    ", ".join(map(str, catalog.paths)),
-                )
-                return True
-            keep = {hop.key for hop in self._hops(catalog)}
-            before = {hop.key for hop in self._hops(previous)}
-            self.cache.forget(keep)
-            self._wake_background()
-            log.info(
-                "reloaded %d AWS profiles (%s): %d hops kept, %d new",
-                len(catalog.profiles),
-                reason,
-                len(keep & before),
-                len(keep - before),
-            )
-            return True
-
-    def _read_settings(self) -> Settings:
-        """Blocking (file I/O)."""
-        fresh = self._load_settings()
-        if not isinstance(logging.getLevelName(fresh.log_level.upper()), int):
-            raise SettingsError(f"log_level {fresh.log_level!r} is not one of debug, info, warning, error")
-        return fresh
-
-    async def _reload_settings(self, reason: str) -> None:
-        """config.toml and ROLEBROKER_*: what can change live does (refresh_before from each
-        hop's next refresh on); host, port and token_file only log that a restart is needed."""
-        try:
-            fresh = await asyncio.to_thread(self._read_settings)
-        except SettingsError as exc:
-            self._settings_error = str(exc)
-            log.error("settings %s failed: %s; keeping the current settings", reason, exc)
-            return
-        self._settings_error = None
-        baseline, self._settings_baseline = self._settings_baseline, fresh
-        if baseline is None:
-            return  # the first read (at start) only records the baseline
-        updated, restart = apply_settings(self.settings, baseline, fresh)
-        for name in restart:
-            log.warning(
-                "settings %s: %s changed to %s; restart rolebroker to apply it",
-                reason,
-                name,
-                getattr(fresh, name),
-            )
-        changed = [name for name in LIVE_SETTINGS if getattr(updated, name) != getattr(self.settings, name)]
-        self.settings = updated
-        if not changed:
-            return
-        self.cache.timing = dataclasses.replace(self.cache.timing, refresh_before=updated.refresh_before)
-        level = int(logging.getLevelName(updated.log_level.upper()))
-        log.setLevel(min(log.getEffectiveLevel(), level))  # the change itself always gets its line
-        log.info("settings %s: %s", reason, ", ".join(f"{name}={getattr(updated, name)}" for name in changed))
-        log.setLevel(level)
+        """SIGHUP, POST /reload and start: see Reloader.reload. Background work is woken, so
+        a reload's new hops and settings are looked at without waiting for a deadline."""
+        reloaded = await self._reloader.reload(reason=reason, reread_settings=reread_settings)
+        self._wake_background()
+        return reloaded
 
     # -- serving -----------------------------------------------------------------------
 
     def hop(self, profile: str) -> Hop:
-        if self._catalog is None:
-            raise self._catalog_error or ConfigFileError("the AWS config has not been loaded yet; retry")
-        return self._catalog.hop(profile)
+        catalog = self._reloader.catalog
+        if catalog is None:
+            raise self._reloader.catalog_error or ConfigFileError(
+                "the AWS config has not been loaded yet; retry"
+            )
+        return catalog.hop(profile)
 
     async def credentials(self, profile: str) -> Credentials:
         top = await self._resolve(profile)
@@ -226,10 +170,7 @@ class Broker:
         self.mfa.wake()
 
     async def _reload_if_changed(self, profile: str) -> bool:
-        catalog = self._catalog
-        if catalog is not None and not await asyncio.to_thread(catalog.changed_on_disk):
-            return False
-        return await self.reload(reason=f"request for {profile!r}", reread_settings=False)
+        return await self._reloader.reload_if_changed(f"request for {profile!r}")
 
     async def _resolve(self, profile: str) -> Hop:
         """The top hop of ``profile``'s chain; a profile added (or a config fixed) since start works
@@ -293,18 +234,11 @@ class Broker:
             except BrokerError:
                 continue
 
-    def _hops(self, catalog: ProfileCatalog) -> Iterator[Hop]:
-        for name in catalog.names():
-            try:
-                yield from chain_of(catalog.hop(name))
-            except BrokerError:
-                continue
-
     def profile_count(self) -> int:
         return len(self._catalog.profiles) if self._catalog else 0
 
     def config_error(self) -> BrokerError | None:
-        return self._catalog_error
+        return self._reloader.catalog_error
 
     # -- status ------------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ from typing import ParamSpec, TypeVar
 from cachetools import TLRUCache
 
 from rolebroker.credentials import Credentials, format_expiration
-from rolebroker.errors import BrokerError, StsTimeout, UpstreamCredentialsExpired
+from rolebroker.errors import BrokerError, InternalError, StsTimeout, UpstreamCredentialsExpired
 from rolebroker.hops import Attempts, Hop
+from rolebroker.livesettings import LiveSettings
 from rolebroker.timing import RefreshTiming
 
 log = logging.getLogger("rolebroker")
@@ -88,7 +89,7 @@ class ThreadPerFlight(Executor):
 class CredentialCache:
     def __init__(
         self,
-        timing: RefreshTiming,
+        live: LiveSettings,
         *,
         clock: Clock = time.time,
         executor: Executor | None = None,
@@ -96,7 +97,7 @@ class CredentialCache:
         max_backoff: float = 60.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.timing = timing
+        self._live = live
         self._clock = clock
         self._executor = executor or ThreadPerFlight()
         self._max_backoff = max_backoff
@@ -109,6 +110,12 @@ class CredentialCache:
         self._stats: dict[str, HopStats] = {}
         self.on_landed: Callable[[], None] | None = None
         """Called when a fetch ends: the refresher and the MFA watcher sleep until told."""
+
+    @property
+    def timing(self) -> RefreshTiming:
+        """Read from the live settings at each use: a reload's refresh_before applies from
+        each hop's next fetch on."""
+        return self._live.timing
 
     # -- reading -----------------------------------------------------------------------
 
@@ -264,7 +271,7 @@ class CredentialCache:
         except Exception as exc:
             stats.fetches += 1 if attempts.count is None else attempts.count
             log.exception("unexpected error fetching %s", hop.label)
-            error = BrokerError(
+            error = InternalError(
                 f"unexpected {type(exc).__name__} while fetching {hop.label}; see the daemon log"
             )
             self._failed(hop, stats, error)

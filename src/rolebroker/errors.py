@@ -1,5 +1,7 @@
-"""Errors that reach a client: each has a stable code, an HTTP status and a message
-that tells the user what to do next. Messages never contain a secret."""
+"""The error catalogue: every code the daemon or the CLI emits is one class here, with its
+HTTP status, when it happens and what to do (the docstring); the message of each instance
+says the same for the case at hand. Messages never contain a secret. README.md's error
+table lists the same codes and statuses (tests/test_errors.py compares them)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ MAX_RETRY_AFTER = 2
 
 
 class BrokerError(Exception):
-    """Base class: 4xx means the user must act, 5xx means a retry can help."""
+    """Base class, never raised itself: 4xx means the user must act, 5xx means a retry can help."""
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "InternalError"
@@ -25,26 +27,15 @@ class BrokerError(Exception):
     """True when retrying cannot help until the AWS config changes: the hop is not called
     again before a reload (or a changed file, which re-keys it)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = " ".join(message.split())  # one line, always
-        if code is not None:
-            self.code = code  # type: ignore[misc]
-        if status is not None:
-            self.status = status  # type: ignore[misc]
         self.retry_after = retry_after
         """Seconds until the daemon calls upstream again for this hop (its backoff)."""
 
     def copy(self, *, retry_after: float | None = None) -> BrokerError:
         """A fresh exception per raise: one instance re-raised by many tasks grows its traceback."""
-        return type(self)(self.message, code=self.code, status=self.status, retry_after=retry_after)
+        return type(self)(self.message, retry_after=retry_after)
 
     def to_json(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -60,39 +51,121 @@ class BrokerError(Exception):
         return {"Retry-After": str(min(max(1, wait), MAX_RETRY_AFTER))}
 
 
+# -- the AWS config and its profiles: fix the config, then retry or reload ----------------
+
+
 class ProfileNotFound(BrokerError):
+    """404: no AWS profile has the name the client asked for. Add it to the AWS config or
+    fix the name (the message lists known profiles)."""
+
     status = 404
     code = "ProfileNotFound"
 
 
 class ProfileConfigError(BrokerError):
-    """The profile exists but its definition cannot work (loop, missing source, bad value)."""
+    """400: the profile exists but its definition cannot work (a bad value, both
+    source_profile and credential_source...). Fix the profile, then reload."""
 
     status = 400
     code = "InvalidProfile"
     needs_config_change = True
 
 
+class SourceProfileLoop(ProfileConfigError):
+    """400: source_profile entries form a loop. Point one of them at a profile with credentials."""
+
+    code = "SourceProfileLoop"
+
+
+class SourceProfileNotFound(ProfileConfigError):
+    """400: source_profile names a profile that does not exist. Add it or fix the name."""
+
+    code = "SourceProfileNotFound"
+
+
+class SourceProfileMissing(ProfileConfigError):
+    """400: the profile has role_arn but neither source_profile nor credential_source. Add
+    source_profile."""
+
+    code = "SourceProfileMissing"
+
+
+class UnsupportedCredentialSource(ProfileConfigError):
+    """400: the profile uses credential_source, which rolebroker does not support. Use
+    source_profile instead."""
+
+    code = "UnsupportedCredentialSource"
+
+
+class ConflictingMfaSerial(ProfileConfigError):
+    """400: profiles of one chain set different mfa_serial values. Keep one."""
+
+    code = "ConflictingMfaSerial"
+
+
+class MfaNeedsLongTermKeys(ProfileConfigError):
+    """400: mfa_serial is set on a chain whose root gives temporary credentials (SSO,
+    credential_process). Remove mfa_serial or root the chain in an IAM user's keys."""
+
+    code = "MfaNeedsLongTermKeys"
+
+
 class ConfigFileError(BrokerError):
+    """400: the AWS config or credentials file cannot be read or parsed. Fix the file; the
+    daemon keeps serving the last good snapshot meanwhile."""
+
     status = 400
     code = "ConfigFileError"
     needs_config_change = True
 
 
 class NoSourceCredentials(BrokerError):
+    """400: the root profile of the chain has no credentials at all. Give it keys,
+    credential_process or SSO settings."""
+
     status = 400
     code = "NoSourceCredentials"
     needs_config_change = True
 
 
+# -- the credential source and STS ---------------------------------------------------------
+
+
 class StsRefused(BrokerError):
-    """STS answered with an error the user must fix (AccessDenied, bad keys, bad request)."""
+    """403: STS refused the call with an error code rolebroker has no class of its own for
+    (the message names STS's code). Act on STS's message."""
 
     status = 403
+    code = "StsRefused"
+
+
+class AccessDenied(StsRefused):
+    """403: STS denied AssumeRole (or GetSessionToken). Check the role's trust policy,
+    external_id and the source identity's permissions."""
+
     code = "AccessDenied"
 
 
+class SourceCredentialsRejected(StsRefused):
+    """403: STS does not accept the source credentials (invalid, expired or mis-signed
+    keys or session). Fix the keys or session of the source profile."""
+
+    code = "SourceCredentialsRejected"
+
+
+class StsInvalidRequest(StsRefused):
+    """400: STS found the request itself invalid (ValidationError: e.g. a duration the role
+    does not allow). Fix the profile, then reload."""
+
+    status = 400
+    code = "InvalidRequest"
+    needs_config_change = True
+
+
 class MfaRequired(BrokerError):
+    """403: the chain needs an MFA session and none is active. Run: rolebroker mfa PROFILE
+    (or wait for its mfa_process)."""
+
     status = 403
     code = "MfaRequired"
     awaits_user = True
@@ -100,25 +173,33 @@ class MfaRequired(BrokerError):
 
 
 class MfaCodeRejected(MfaRequired):
-    """STS refused the code: the profile still waits for a good one."""
+    """403: STS refused the MFA code; the profile still waits for a good one. Codes are
+    single-use and change every 30 s: run rolebroker mfa PROFILE again."""
 
     code = "MfaCodeRejected"
     reached_upstream = True
 
 
 class InvalidMfaCode(BrokerError):
-    """A submitted code that cannot be one (not 6 digits); STS is not asked."""
+    """400: a submitted code that cannot be one (not 6 digits); STS is not asked. Send the
+    6 digits the device shows."""
 
     status = 400
     code = "InvalidMfaCode"
 
 
 class MfaNotConfigured(BrokerError):
+    """400: an MFA code was sent for a profile whose chain sets no mfa_serial. Nothing to
+    unlock; add mfa_serial if the role needs MFA."""
+
     status = 400
     code = "MfaNotConfigured"
 
 
 class SsoLoginRequired(BrokerError):
+    """403: the SSO session of the chain's root is missing or expired. Run the aws sso
+    login command in the message."""
+
     status = 403
     code = "SsoLoginRequired"
     awaits_user = True
@@ -126,36 +207,35 @@ class SsoLoginRequired(BrokerError):
 
 
 class CredentialSourceFailed(BrokerError):
-    """The root of a chain (credential_process, SSO, ...) failed for a reason the user must fix."""
+    """400: the root of a chain (credential_process, SSO, ...) failed for a reason the user
+    must fix. Run the process by hand to see why."""
 
     status = 400
     code = "CredentialSourceFailed"
 
 
-class StsInvalidRequest(StsRefused):
-    """STS found the request itself invalid (ValidationError: e.g. a duration the role does
-    not allow): only a change to the profile can fix it."""
-
-    status = 400
-    code = "InvalidRequest"
-    needs_config_change = True
-
-
 class StsUnavailable(BrokerError):
+    """503: STS is unreachable, throttling or failing (5xx). Retry later (Retry-After);
+    cached credentials are served while valid."""
+
     status = 503
     code = "StsUnavailable"
     retryable = True
 
 
 class StsTimeout(BrokerError):
+    """504: STS has not answered within request_timeout; the call goes on in the
+    background. Retry in a few seconds."""
+
     status = 504
     code = "StsTimeout"
     retryable = True
 
 
 class StsBadResponse(BrokerError):
-    """STS (or something posing as it) answered with something unreadable: malformed XML, an
-    empty body, missing fields. Often a proxy or a broken endpoint; a retry may fix it."""
+    """502: STS (or something posing as it) answered with something unreadable: malformed
+    XML, an empty body, missing fields. Often a proxy or a wrong endpoint_url; retried with
+    backoff."""
 
     status = 502
     code = "StsBadResponse"
@@ -163,33 +243,62 @@ class StsBadResponse(BrokerError):
 
 
 class UpstreamCredentialsExpired(BrokerError):
-    """STS, credential_process or SSO handed out credentials that are already expired or
-    about to: they are never served, and the hop is retried with backoff."""
+    """502: STS, credential_process or SSO handed out credentials that are already expired
+    or about to: never served, retried with backoff. Check the clock and the source."""
 
     status = 502
     code = "UpstreamCredentialsExpired"
     retryable = True
 
 
+class InternalError(BrokerError):
+    """500: a bug or an unexpected exception in rolebroker. See the daemon log."""
+
+    status = 500
+    code = "InternalError"
+
+
+# -- the daemon's own routes -------------------------------------------------------------------
+
+
 class InvalidNonce(BrokerError):
-    """A listener-proof request without a well-formed nonce."""
+    """400: a listener-proof request (GET /proof) without a well-formed nonce. Send
+    ?nonce= with 64 lowercase hex digits."""
 
     status = 400
     code = "InvalidNonce"
 
 
 class TokenRotateFailed(BrokerError):
-    """The new token could not be written, so the old one stays in force."""
+    """500: the new token could not be written, so the old one stays in force. Check the
+    token file's directory."""
 
     status = 500
     code = "TokenRotateFailed"
+
+
+class NotFound(BrokerError):
+    """404: no such endpoint. Credentials are at GET /creds/PROFILE."""
+
+    status = 404
+    code = "NotFound"
+    reached_upstream = False
+
+
+class MethodNotAllowed(BrokerError):
+    """405: the endpoint exists but not for this method. GET /creds/PROFILE, POST /mfa/PROFILE."""
+
+    status = 405
+    code = "MethodNotAllowed"
+    reached_upstream = False
 
 
 # -- refusals of the HTTP layer: the request never reached a profile ----------------------
 
 
 class ForbiddenHost(BrokerError):
-    """DNS-rebinding defence: only loopback names, and exactly one Host header."""
+    """403: DNS-rebinding defence: the Host header must be 127.0.0.1, localhost or [::1],
+    and there must be exactly one."""
 
     status = 403
     code = "ForbiddenHost"
@@ -197,19 +306,24 @@ class ForbiddenHost(BrokerError):
 
 
 class MissingToken(BrokerError):
+    """401: no Authorization header. Send the token from the token file."""
+
     status = 401
     code = "MissingToken"
     reached_upstream = False
 
 
 class InvalidToken(BrokerError):
+    """403: the Authorization header does not match the token (or carries 'Bearer ').
+    Re-export the token from the token file, raw."""
+
     status = 403
     code = "InvalidToken"
     reached_upstream = False
 
 
 class BadRequest(BrokerError):
-    """Malformed HTTP or a body that cannot be parsed."""
+    """400: malformed HTTP or a body that cannot be parsed. Fix the client."""
 
     status = 400
     code = "BadRequest"
@@ -220,24 +334,29 @@ class BadRequest(BrokerError):
 
 
 class RequestTimeout(BadRequest):
-    """The request did not arrive whole in time (slow or idle connection)."""
+    """408: the request did not arrive whole in time (slow or idle connection)."""
 
     status = 408
     code = "RequestTimeout"
 
 
 class PayloadTooLarge(BadRequest):
+    """413: the body is over the limit. The only body the daemon reads is an MFA code."""
+
     status = 413
     code = "PayloadTooLarge"
 
 
 class HeadersTooLarge(BadRequest):
+    """431: the request line and headers are over the limit."""
+
     status = 431
     code = "HeadersTooLarge"
 
 
 class ServerBusy(BrokerError):
-    """Too many open connections: this one is shed at once rather than left to hang."""
+    """503: too many open connections: this one is shed at once rather than left to hang.
+    Retry in a second."""
 
     status = 503
     code = "ServerBusy"
@@ -260,12 +379,18 @@ class GrantScope(BrokerError):
 
 
 class GrantExpired(BrokerError):
+    """403: the grant's time is up. Get a new one: rolebroker grant PROFILE --ttl D, or
+    re-run eval "$(rolebroker env PROFILE)"."""
+
     status = 403
     code = "GrantExpired"
     reached_upstream = False
 
 
 class GrantRevoked(BrokerError):
+    """403: the grant was revoked (rolebroker grant --revoke). Get a new one as for
+    GrantExpired."""
+
     status = 403
     code = "GrantRevoked"
     reached_upstream = False
@@ -285,3 +410,22 @@ class InvalidGrantRequest(BrokerError):
     status = 400
     code = "InvalidGrantRequest"
     reached_upstream = False
+
+
+# -- the CLI's own codes: what answered on the daemon's port is not a rolebroker error ---------
+
+
+class BadReply(BrokerError):
+    """502, CLI only: what answers on the daemon's port sent something that is not
+    rolebroker's answer. Check what listens there (rolebroker doctor)."""
+
+    status = 502
+    code = "BadReply"
+
+
+class HttpError(BrokerError):
+    """502, CLI only (the reply's own HTTP status is shown): an HTTP error without a JSON
+    error body. See the daemon log, or check what listens on the port."""
+
+    status = 502
+    code = "HttpError"

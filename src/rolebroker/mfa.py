@@ -1,5 +1,5 @@
-"""MFA out of band: the code hand-off (``rolebroker mfa``), the watcher that announces
-profiles waiting for a code and MFA sessions about to expire, and ``mfa_process`` hooks.
+"""MFA out of band: the watcher that announces profiles waiting for a code and MFA sessions
+about to expire, runs ``mfa_process`` hooks (mfahook.py) and spends handed-in codes.
 
 No credential request ever waits for a human: a request for a locked profile gets
 MfaRequired at once, and the code arrives on its own authenticated POST.
@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import shlex
-import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -22,108 +17,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from rolebroker.cache import CacheEntry, Clock, CredentialCache
-from rolebroker.config import Settings
 from rolebroker.credentials import Credentials, format_expiration
 from rolebroker.errors import BrokerError, InvalidMfaCode
 from rolebroker.hops import Hop, MfaSessionHop, chain_of
+from rolebroker.livesettings import LiveSettings
 from rolebroker.mfacode import valid_code
+from rolebroker.mfahook import HOOK_TIMEOUT, MfaProcessError, kill_group, run_mfa_process
+from rolebroker.notify import Notifier, desktop_notify
 from rolebroker.refresher import MAX_SLEEP
 
 log = logging.getLogger("rolebroker")
 
 MFA_WARN_BEFORE = 3600.0
 """Warn this long before an MFA session ends (at most at half its life)."""
-HOOK_TIMEOUT = 60.0
-"""An mfa_process may wait for a touch of a hardware key."""
-NOTIFY_TIMEOUT = 5.0
-
-Notifier = Callable[[str, str], None]
-
-
-def code_from_body(raw: bytes) -> str:
-    """The code of a ``POST /mfa/{profile}`` body ``{"code": "123456"}``; never echoed back."""
-    try:
-        body = json.loads(raw) if len(raw) <= 1024 else None
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: `[[[[...` nested deep
-        body = None
-    code = body.get("code") if isinstance(body, dict) else None
-    if not isinstance(code, str) or not valid_code(code):
-        raise InvalidMfaCode('send {"code": "123456"}: an MFA code is 6 digits; run: rolebroker mfa PROFILE')
-    return code
 
 
 def mfa_session_of(hop: Hop) -> MfaSessionHop | None:
     return next((hop for hop in chain_of(hop) if isinstance(hop, MfaSessionHop)), None)
-
-
-# -- notifications and hooks: blocking, always run in a worker thread -------------------------
-
-
-def desktop_notify(title: str, body: str) -> None:
-    """A desktop notification when ``notify-send`` exists; optional, failures are ignored."""
-    exe = shutil.which("notify-send")
-    if exe is None:
-        return
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            [exe, "--app-name=rolebroker", title, body],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=NOTIFY_TIMEOUT,
-            check=False,
-        )
-
-
-class MfaProcessError(Exception):
-    """The hook gave no code; the message never contains its output."""
-
-
-def run_mfa_process(
-    command: str,
-    timeout: float = HOOK_TIMEOUT,
-    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
-) -> str:
-    """Run ``mfa_process`` like botocore runs ``credential_process`` (split, no shell) and
-    return the 6-digit code it prints last. Its whole process group dies on a timeout;
-    ``on_start`` lets the daemon kill it when it stops."""
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise MfaProcessError(f"cannot parse the command: {exc}") from None
-    if not argv:
-        raise MfaProcessError("the command is empty")
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-        )
-    except OSError as exc:
-        raise MfaProcessError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    if on_start is not None:
-        on_start(proc)
-    try:
-        stdout, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.communicate()
-        raise MfaProcessError(f"it did not finish within {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise MfaProcessError(f"it exited with status {proc.returncode}; run it by hand to see why")
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    if not lines or not valid_code(lines[-1]):
-        raise MfaProcessError("its last line of output is not a 6-digit code")
-    return lines[-1]
-
-
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # -- the watcher --------------------------------------------------------------------------
@@ -150,7 +60,7 @@ class MfaWatcher:
         cache: CredentialCache,
         targets: Callable[[], Iterable[Hop]],
         *,
-        settings: Callable[[], Settings],
+        settings: LiveSettings,
         clock: Clock = time.time,
         max_sleep: float = MAX_SLEEP,
         notify: Notifier | None = desktop_notify,
@@ -158,8 +68,8 @@ class MfaWatcher:
     ) -> None:
         self._cache = cache
         self._targets = targets
-        self._settings = settings
-        """A getter: refresh_before and request_timeout can change on reload."""
+        self._live = settings
+        """refresh_before and request_timeout can change on reload: read at each use."""
         self._clock = clock
         self._max_sleep = max_sleep
         self._notify = notify
@@ -177,7 +87,7 @@ class MfaWatcher:
         """Spend ``code`` on one GetSessionToken; every chain through ``hop`` then works."""
         if not valid_code(code):
             raise InvalidMfaCode(f"an MFA code is 6 digits; run: rolebroker mfa {hop.unlock_profile}")
-        wait = self._settings().request_timeout
+        wait = self._live.settings.request_timeout
         credentials = await self._cache.renew(hop.with_code(code), wait=wait)
         self._waiting.discard(hop.key)
         log.info(
@@ -194,7 +104,7 @@ class MfaWatcher:
         if expiration is None:
             return float("inf")
         lifetime = max(expiration - entry.issued_at, 0.0)
-        warn_before = max(self._settings().refresh_before, MFA_WARN_BEFORE)
+        warn_before = max(self._live.settings.refresh_before, MFA_WARN_BEFORE)
         return expiration - min(warn_before, lifetime / 2)
 
     def state(self, hop: MfaSessionHop, now: float) -> str:

@@ -16,7 +16,18 @@ import botocore.session
 
 from rolebroker.awsfiles import aws_config_paths
 from rolebroker.credentials import Credentials
-from rolebroker.errors import BrokerError, ConfigFileError, ProfileConfigError, ProfileNotFound
+from rolebroker.errors import (
+    BrokerError,
+    ConfigFileError,
+    ConflictingMfaSerial,
+    InternalError,
+    ProfileConfigError,
+    ProfileNotFound,
+    SourceProfileLoop,
+    SourceProfileMissing,
+    SourceProfileNotFound,
+    UnsupportedCredentialSource,
+)
 from rolebroker.hops import (
     Hop,
     MfaSessionHop,
@@ -97,7 +108,7 @@ class ProfileCatalog:
                 built = exc
             self._built[name] = built
         if isinstance(built, BrokerError):
-            raise type(built)(built.message, code=built.code, status=built.status)
+            raise built.copy()
         return built
 
     def _serving_hop(self, name: str) -> Hop:
@@ -124,15 +135,13 @@ class ProfileCatalog:
     def _chain(self, name: str, path: tuple[str, ...]) -> Hop:
         if name in path:
             loop = " -> ".join((*path, name))
-            raise ProfileConfigError(
-                f"source_profile loop: {loop}; point one of them at a profile with credentials",
-                code="SourceProfileLoop",
+            raise SourceProfileLoop(
+                f"source_profile loop: {loop}; point one of them at a profile with credentials"
             )
         if name not in self.profiles:
-            raise ProfileConfigError(
+            raise SourceProfileNotFound(
                 f"profile {path[-1]!r} has source_profile = {name}, which does not exist; "
-                "add that profile or fix source_profile",
-                code="SourceProfileNotFound",
+                "add that profile or fix source_profile"
             )
         profile = self.profiles[name]
         role_arn = profile.get("role_arn")
@@ -151,16 +160,14 @@ class ProfileCatalog:
         elif source_name:
             source = self._chain(source_name, (*path, name))
         elif credential_source:
-            raise ProfileConfigError(
+            raise UnsupportedCredentialSource(
                 f"profile {name!r} uses credential_source = {credential_source}, which rolebroker does not "
-                "support; use source_profile instead",
-                code="UnsupportedCredentialSource",
+                "support; use source_profile instead"
             )
         else:
-            raise ProfileConfigError(
+            raise SourceProfileMissing(
                 f"profile {name!r} has role_arn but no source_profile; add source_profile = <profile with "
-                "credentials>",
-                code="SourceProfileMissing",
+                "credentials>"
             )
         return RoleHop(
             profile=name,
@@ -186,10 +193,9 @@ class ProfileCatalog:
         if not serials:
             return None
         if len(serials) > 1:
-            raise ProfileConfigError(
+            raise ConflictingMfaSerial(
                 f"profiles {', '.join(sorted(serials.values()))} in the chain of {name!r} set different "
-                "mfa_serial values; one MFA session carries one device, keep one",
-                code="ConflictingMfaSerial",
+                "mfa_serial values; one MFA session carries one device, keep one"
             )
         duration_from, process_from = first("mfa_session_duration"), first("mfa_process")
         return MfaSessionHop(
@@ -249,7 +255,7 @@ def _above_root(top: Hop, mfa: MfaSessionHop) -> Hop:
     if source is None:
         return mfa  # a role-less profile is served by its MFA session
     if not isinstance(top, RoleHop):
-        raise BrokerError(f"cannot add an MFA session to {top.label}")
+        raise InternalError(f"cannot add an MFA session to {top.label}")
     if source.source is None:
         return dataclasses.replace(top, source=mfa)
     return dataclasses.replace(top, source=_above_root(source, mfa))

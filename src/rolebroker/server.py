@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,12 +19,17 @@ from rolebroker.authtoken import TokenStore, listener_proof, parse_nonce
 from rolebroker.broker import Broker
 from rolebroker.connections import quiet_loop_errors
 from rolebroker.errors import (
+    BadRequest,
     BrokerError,
     ConfigFileError,
     ForbiddenHost,
+    InternalError,
+    InvalidMfaCode,
     InvalidNonce,
     InvalidToken,
+    MethodNotAllowed,
     MissingToken,
+    NotFound,
     PayloadTooLarge,
     ProfileNotFound,
     TokenRotateFailed,
@@ -33,7 +37,7 @@ from rolebroker.errors import (
 from rolebroker.httpdate import HttpDate
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
-from rolebroker.mfa import code_from_body
+from rolebroker.mfacode import valid_code
 
 log = logging.getLogger("rolebroker")
 
@@ -196,6 +200,18 @@ async def send_error(send: Send, error: BrokerError, *, close: bool = False) -> 
     await send({"type": "http.response.body", "body": body})
 
 
+def code_from_body(raw: bytes) -> str:
+    """The code of a ``POST /mfa/{profile}`` body ``{"code": "123456"}``; never echoed back."""
+    try:
+        body = json.loads(raw) if len(raw) <= 1024 else None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: `[[[[...` nested deep
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not valid_code(code):
+        raise InvalidMfaCode('send {"code": "123456"}: an MFA code is 6 digits; run: rolebroker mfa PROFILE')
+    return code
+
+
 def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
     refusals = LogThrottle(log)
 
@@ -266,7 +282,7 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
     async def reload() -> Response:
         if not await broker.reload(reason="POST /reload"):
             error = broker.config_error() or ConfigFileError("reload failed; see the daemon log")
-            return JSONResponse(error.to_json(), status_code=error.status)
+            return _error_response(error)
         return JSONResponse({"reloaded": True, "profiles": broker.profile_count()})
 
     @app.post("/mfa/{profile}")
@@ -280,26 +296,15 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         if isinstance(exc, ProfileNotFound):
             name = str(request.path_params.get("profile", request.url.path))
             refusals.log(logging.WARNING, exc.code, "refused request code=%s profile=%r", exc.code, name[:80])
-        return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
+        return _error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "NotFound", 405: "MethodNotAllowed"}
-        messages = {
-            404: "no such endpoint; credentials are at GET /creds/PROFILE (see also /status, /healthz)",
-            405: "method not allowed here (credentials: GET /creds/PROFILE, MFA codes: POST /mfa/PROFILE)",
-        }
-        return JSONResponse(
-            {
-                "code": codes.get(exc.status_code, "HttpError"),
-                "message": messages.get(exc.status_code, str(exc.detail)),
-            },
-            status_code=exc.status_code,
-        )
+        return _error_response(_routing_error(exc.status_code))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        return JSONResponse({"code": "BadRequest", "message": "malformed request"}, status_code=400)
+        return _error_response(BadRequest("malformed request"))
 
     @app.exception_handler(ClientDisconnect)
     async def client_left(request: Request, _exc: ClientDisconnect) -> Response:
@@ -310,8 +315,7 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-        body: dict[str, Any] = {"code": "InternalError", "message": "internal error; see the daemon log"}
-        return JSONResponse(body, status_code=500)
+        return _error_response(InternalError("internal error; see the daemon log"))
 
     def warm(path: str) -> bytes | None:
         """GET /creds/{profile} and GET /creds when the answer is warm; None sends the
@@ -325,3 +329,20 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         return None
 
     return Guard(app, token, refusals, warm=warm)
+
+
+def _error_response(error: BrokerError) -> Response:
+    return JSONResponse(error.to_json(), status_code=error.status, headers=error.headers())
+
+
+def _routing_error(status: int) -> BrokerError:
+    """What the router refuses (no such path, wrong method), in the catalogue's terms."""
+    if status == 405:
+        return MethodNotAllowed(
+            "method not allowed here (credentials: GET /creds/PROFILE, MFA codes: POST /mfa/PROFILE)"
+        )
+    if status == 404:
+        return NotFound(
+            "no such endpoint; credentials are at GET /creds/PROFILE (see also /status, /healthz)"
+        )
+    return BadRequest(f"the request was refused (HTTP {status}); credentials are at GET /creds/PROFILE")

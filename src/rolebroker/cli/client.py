@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rolebroker import discovery
 from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.errors import BadReply, HttpError
 
 if TYPE_CHECKING:
     import http.client
@@ -159,7 +160,9 @@ class DaemonClient:
         body = self.checked("GET", "/status").json_object()
         if body is None:
             raise DaemonError(
-                502, "BadReply", "GET /status did not return a JSON object; is that rolebroker?"
+                BadReply.status,
+                BadReply.code,
+                "GET /status did not return a JSON object; is that rolebroker?",
             )
         return StatusDoc.from_json(body)
 
@@ -309,7 +312,7 @@ def error_of(reply: Reply) -> DaemonError:
     if isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str):
         return DaemonError(reply.status, body["code"], body["message"])
     return DaemonError(
-        reply.status, "HttpError", f"HTTP {reply.status} without an error body; see the daemon log"
+        reply.status, HttpError.code, f"HTTP {reply.status} without an error body; see the daemon log"
     )
 
 

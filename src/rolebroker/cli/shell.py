@@ -23,6 +23,7 @@ from rolebroker.cli import export, shellenv
 from rolebroker.cli.client import DaemonClient, DaemonError, TokenUnavailable, start_hint
 from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
 from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.errors import BadReply
 
 EXEC_FAILED = 125
 """``exec`` could not start the command (daemon, token or profile): like env(1) and docker."""
@@ -292,7 +293,7 @@ def _issued(profile: str, port: int | None, token_file: Path | None, fmt: str) -
         try:
             credentials = export.IssuedCredentials.from_ecs(body or {})
         except export.BadCredentials as exc:
-            raise DaemonError(502, "BadReply", f"{exc}; is that rolebroker?") from None
+            raise DaemonError(BadReply.status, BadReply.code, f"{exc}; is that rolebroker?") from None
     return export.render(credentials, fmt, ecs_json=reply.text)
 
 

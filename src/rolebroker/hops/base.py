@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from rolebroker.credentials import Credentials
-from rolebroker.errors import BrokerError
+from rolebroker.errors import InternalError
 
 
 class Attempts:
@@ -60,7 +60,7 @@ class Hop(ABC):
 
     def require_source(self, source: Credentials | None) -> Credentials:
         if source is None:
-            raise BrokerError(f"no source credentials for {self.label}")
+            raise InternalError(f"no source credentials for {self.label}")
         return source
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import botocore.exceptions
 
 from rolebroker.credentials import Credentials
-from rolebroker.errors import BrokerError, MfaCodeRejected, MfaRequired, ProfileConfigError
+from rolebroker.errors import BrokerError, MfaCodeRejected, MfaNeedsLongTermKeys, MfaRequired
 from rolebroker.hops.base import Attempts, Hop
 from rolebroker.hops.redact import redact
 from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
@@ -68,11 +68,10 @@ class MfaSessionHop(Hop):
     def fetch_counted(self, source: Credentials | None, attempts: Attempts) -> Credentials:
         source = self.require_source(source)
         if source.is_temporary:
-            raise ProfileConfigError(
+            raise MfaNeedsLongTermKeys(
                 f"mfa_serial needs the long-term keys of an IAM user, but profile {self.profile!r} "
                 "gives temporary credentials (SSO, credential_process or a session token); remove "
-                "mfa_serial from the chain or use a profile with aws_access_key_id",
-                code="MfaNeedsLongTermKeys",
+                "mfa_serial from the chain or use a profile with aws_access_key_id"
             )
         if self.code is None:
             raise MfaRequired(
@@ -102,7 +101,7 @@ class MfaSessionHop(Hop):
         error = translate_sts_error(
             exc, action="GetSessionToken", profile=self.profile, target=self.mfa_serial, endpoint=endpoint
         )
-        return type(error)(self._scrub(error.message), code=error.code, status=error.status)
+        return type(error)(self._scrub(error.message))
 
     def _scrub(self, text: str) -> str:
         """STS does not echo the code, but a message must never carry it (the serial's

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import botocore
 import botocore.exceptions
 import botocore.session
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
@@ -20,6 +25,12 @@ from rolebroker.errors import (
 )
 from rolebroker.hops.base import Hop
 from rolebroker.hops.redact import redact
+
+log = logging.getLogger("rolebroker")
+
+UNKNOWN_EXPIRY_LIFETIME = 900.0
+"""Refreshable credentials whose expiry cannot be read are taken to expire this soon after
+they were fetched: refreshed early, never cached for ever."""
 
 _SSO_ERRORS: tuple[type[Exception], ...] = tuple(
     getattr(botocore.exceptions, name)
@@ -66,7 +77,7 @@ class SourceHop(Hop):
                     "source_profile"
                 )
             frozen = _frozen(resolved)
-            expiry = _expiry_of(resolved)
+            expiry = _expiry_of(resolved, now=time.time())
         except BrokerError:
             raise
         except RuntimeError as exc:
@@ -115,7 +126,27 @@ def _frozen(resolved: Any) -> ReadOnlyCredentials:
     return frozen
 
 
-def _expiry_of(resolved: Any) -> float | None:
-    """botocore keeps the expiry of refreshable credentials (SSO, process) privately."""
+def _expiry_of(resolved: Any, *, now: float) -> float | None:
+    """botocore keeps the expiry of refreshable credentials (SSO, process) in a private
+    attribute and offers no public way to read it (tests/test_sources.py and test_sso.py pin
+    it). Should it move, the credentials are not taken for static ones: they count as
+    expiring ``UNKNOWN_EXPIRY_LIFETIME`` from now, and the daemon says so once."""
+    if not isinstance(resolved, RefreshableCredentials):
+        return None  # static keys (profile, environment): they do not expire
     expiry = getattr(resolved, "_expiry_time", None)
-    return expiry.timestamp() if expiry is not None else None
+    if isinstance(expiry, datetime.datetime):
+        return expiry.timestamp()
+    _warn_unknown_expiry(type(resolved).__name__)
+    return now + UNKNOWN_EXPIRY_LIFETIME
+
+
+@functools.cache
+def _warn_unknown_expiry(kind: str) -> None:
+    """Once per process and kind: the cause is the installed botocore, not a profile."""
+    log.warning(
+        "cannot read the expiry of botocore's %s (botocore %s): credential_process and SSO roots "
+        "are treated as expiring %d s after each fetch and renewed early; please report this",
+        kind,
+        botocore.__version__,
+        UNKNOWN_EXPIRY_LIFETIME,
+    )

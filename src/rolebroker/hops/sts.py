@@ -14,8 +14,11 @@ from botocore.config import Config
 
 from rolebroker.credentials import Credentials
 from rolebroker.errors import (
+    AccessDenied,
     BrokerError,
+    InternalError,
     ProfileConfigError,
+    SourceCredentialsRejected,
     StsBadResponse,
     StsInvalidRequest,
     StsRefused,
@@ -143,21 +146,19 @@ def translate_sts_error(
                 "retry in a few seconds"
             )
         if code in _BAD_SOURCE:
-            return StsRefused(
+            return SourceCredentialsRejected(
                 f"STS rejected the source credentials on {where}: {code}: {sts_message}. "
-                "Check the keys or session of the source profile (run: rolebroker status)",
-                code="SourceCredentialsRejected",
+                "Check the keys or session of the source profile (run: rolebroker status)"
             )
         if code == "ValidationError":
             return StsInvalidRequest(f"STS refused {where}: {sts_message}; fix the profile, then reload")
         if code == "AccessDenied":
-            return StsRefused(
+            return AccessDenied(
                 f"STS denied {where}: {sts_message}. Check the role's trust policy, external_id and "
                 "the source identity's permissions"
             )
-        return StsRefused(
-            f"STS refused {where}: {code}: {sts_message}", code=code if code.isalnum() else "StsError"
-        )
+        # Any other STS code: one documented class; STS's own code travels in the message.
+        return StsRefused(f"STS refused {where}: {code}: {sts_message}")
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectTimeoutError):
         return StsTimeout(f"STS at {url} did not answer in time on {where}; retry in a few seconds")
     if isinstance(
@@ -179,4 +180,4 @@ def translate_sts_error(
             f"STS call to {url} failed on {where}: {type(exc).__name__}: {redact(str(exc))}"
         )
     log.warning("unexpected %s from STS at %s on %s: %s", type(exc).__name__, url, where, redact(str(exc)))
-    return BrokerError(f"unexpected {type(exc).__name__} on {where}; see the daemon log")
+    return InternalError(f"unexpected {type(exc).__name__} on {where}; see the daemon log")
