@@ -107,6 +107,17 @@ def test_unparsable_config_is_a_config_file_error(aws_files: AwsFiles) -> None:
         aws_files.write("[profile broken\nkey = value\n")
 
 
+def test_a_syntax_error_names_the_file_and_line_but_never_quotes_it(aws_files: AwsFiles) -> None:
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY0000"
+    with pytest.raises(ConfigFileError) as info:
+        aws_files.write(creds=f"[base]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key {secret}\n")
+    assert str(aws_files.credentials) in info.value.message
+    assert "at line 3" in info.value.message
+    assert secret not in info.value.message
+    with pytest.raises(ConfigFileError, match=r"at line 1, which is not a \[section\] header"):
+        aws_files.write("[profile broken\nkey = value\n")
+
+
 def test_change_detection(aws_files: AwsFiles) -> None:
     catalog = aws_files.write()
     assert not catalog.changed_on_disk()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import getpass
 import hashlib
@@ -63,6 +64,26 @@ def files_signature(paths: tuple[Path, ...]) -> FileSignature:
     return tuple(signature)
 
 
+def syntax_error_at(path: Path) -> str:
+    """Where in ``path`` the syntax error is (" at line N ..."), or "" if unknown.
+
+    botocore's ConfigParseError names only the file. The profiles are always read by
+    botocore; configparser here only re-reads a file botocore rejected, for the line number.
+    The line itself is never quoted: in the credentials file it may hold a secret key."""
+    parser = configparser.RawConfigParser()
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except configparser.MissingSectionHeaderError as exc:
+        return f" at line {exc.lineno}, which is not a [section] header (or comes before the first one)"
+    except configparser.ParsingError as exc:
+        lineno = exc.errors[0][0] if exc.errors else 0
+        return f" at line {lineno}, which is neither a [section] header nor a key = value line"
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return ""
+    return ""
+
+
 @dataclass
 class ProfileCatalog:
     """A snapshot of the AWS config; hops are built lazily and kept for the snapshot."""
@@ -83,7 +104,10 @@ class ProfileCatalog:
         try:
             full = botocore.session.Session().full_config
         except botocore.exceptions.ConfigParseError as exc:
-            raise ConfigFileError(f"cannot parse the AWS config: {exc}; fix the file, then retry") from None
+            where = syntax_error_at(Path(str(exc.kwargs.get("path", ""))))
+            raise ConfigFileError(
+                f"cannot parse the AWS config: {exc}{where}; fix the file, then retry"
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise ConfigFileError(f"cannot read the AWS config: {exc}; fix the file, then retry") from None
         profiles = {name: dict(values) for name, values in full.get("profiles", {}).items()}
