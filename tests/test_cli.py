@@ -330,3 +330,24 @@ def test_status_shows_why_there_are_no_profiles_when_the_config_is_broken_at_sta
         result.stdout
     )
     assert str(aws_home.config_path) in result.stdout
+
+
+def test_version_help_topic_and_serve_help_name_every_setting() -> None:
+    from click.testing import CliRunner
+
+    from rolebroker.cli.main import cli
+    from rolebroker.config import settable_settings
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["-V"]).output.startswith("rolebroker, version ")
+    serve_help = runner.invoke(cli, ["serve", "--help"]).output
+    manual = runner.invoke(cli, ["help"], prog_name="rolebroker").output
+    for key, env_name, _default in settable_settings({}):
+        assert key in serve_help and env_name in serve_help, key
+        assert key in manual and env_name in manual, key
+    for name in cli.commands:
+        if name != "help":
+            assert f"Usage: rolebroker {name} " in manual, name
+    assert "grants.json" in runner.invoke(cli, ["help", "files"]).output
+    refused = runner.invoke(cli, ["help", "nope"])
+    assert refused.exit_code == 2 and "settings, files" in refused.output

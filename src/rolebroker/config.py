@@ -175,3 +175,10 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     outlive a logout, such as the grants and the audit log."""
     state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "rolebroker"
+
+
+def settable_settings(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Every setting a user can set: (config.toml key, environment variable, default), for
+    ``serve --help`` and ``rolebroker help settings``. Generated, so a new setting is listed."""
+    defaults = Settings(token_file=default_token_file(environ))
+    return [(key, env_name, str(getattr(defaults, key))) for key, env_name in _ENV_NAMES.items()]

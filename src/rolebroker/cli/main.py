@@ -9,18 +9,18 @@ from __future__ import annotations
 import click
 
 from rolebroker import __version__
-from rolebroker.cli import admin, serve, shell
+from rolebroker.cli import admin, helptopic, serve, shell
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="rolebroker")
+@click.version_option(__version__, "-V", "--version", prog_name="rolebroker")
 def cli() -> None:
     """A local ECS credentials endpoint: assumes, caches and refreshes the roles of your
     AWS profiles so that every SDK, the AWS CLI and Serverless get fresh credentials from
     AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
 
 
-for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS):
+for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS, helptopic.help_command):
     cli.add_command(_command)
 
 

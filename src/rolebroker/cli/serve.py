@@ -13,7 +13,18 @@ from rolebroker.cli.options import settings_for
 from rolebroker.config import DEFAULT_PORT, load_settings
 
 
-@click.command("serve")
+class _ServeCommand(click.Command):
+    """``serve --help`` ends with every setting, its variable and default, and the config file."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from rolebroker.cli.helptopic import settings_text
+
+        formatter.write("\n")
+        for line in settings_text().splitlines():
+            formatter.write(f"{line}\n" if line.startswith("  ") else f"  {line}\n")
+
+
+@click.command("serve", cls=_ServeCommand)
 @click.option("--host", help="Loopback address to listen on [default: 127.0.0.1; env ROLEBROKER_HOST]")
 @click.option("--port", type=int, help="Port to listen on [default: 9911; env ROLEBROKER_PORT]")
 @click.option(
