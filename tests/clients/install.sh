@@ -3,8 +3,11 @@
 #   - tests/clients/node_modules from package-lock.json (npm ci) when absent or stale;
 #   - Debian packages when missing, as root or through passwordless sudo: `awscli`
 #     (AWS CLI v2, /usr/bin/aws), `systemd` (systemd-analyze, systemd-socket-activate),
-#     `util-linux` (unshare, nsenter), `iproute2` (ip), `nftables` (nft), `zsh` and `fish`.
-# boto3 and the pip AWS CLI v1 come from the project's `test` extra, not from here.
+#     `util-linux` (unshare, nsenter), `iproute2` (ip), `nftables` (nft), `zsh` and `fish`,
+#     and for tests/test_more_clients.py `golang-go` with the AWS SDK for Go v1 and v2 sources
+#     (`golang-github-aws-aws-sdk-go-dev`, `golang-github-aws-aws-sdk-go-v2-dev`; the test
+#     builds tests/clients/go-v1 and go-v2 against them offline) and `rclone`.
+# boto3, aiobotocore and the pip AWS CLI v1 come from the project's `test` extra, not from here.
 #
 # Idempotent: a second run does nothing and says so. Without CI a client that cannot be
 # installed is reported and its tests skip; with CI set (to anything but empty, 0, false or
@@ -73,7 +76,8 @@ as_root() {
     fi
 }
 
-# ensure_debian_package BINARY PACKAGE PURPOSE: install PACKAGE when BINARY is missing.
+# ensure_debian_package PATH PACKAGE PURPOSE: install PACKAGE when PATH (a program, or a
+# directory of Go sources) is missing.
 ensure_debian_package() {
     local binary="$1" package="$2" purpose="$3"
     if [[ -x "$binary" ]]; then
@@ -117,6 +121,14 @@ ensure_debian_package /sbin/ip iproute2 "iproute2"
 ensure_debian_package /usr/sbin/nft nftables "nftables"
 ensure_debian_package /usr/bin/zsh zsh "zsh"
 ensure_debian_package /usr/bin/fish fish "fish"
+# Go 1.19 and the Go SDKs as Debian bookworm ships them (v1 1.44, v2 1.17), and rclone 1.60 (on
+# Go SDK v1): about 120 MB to download, 1 GB unpacked (mostly the SDK sources), no network to build.
+ensure_debian_package /usr/bin/go golang-go "Go"
+ensure_debian_package /usr/share/gocode/src/github.com/aws/aws-sdk-go/service/sts \
+    golang-github-aws-aws-sdk-go-dev "AWS SDK for Go v1"
+ensure_debian_package /usr/share/gocode/src/github.com/aws/aws-sdk-go-v2/service/sts \
+    golang-github-aws-aws-sdk-go-v2-dev "AWS SDK for Go v2"
+ensure_debian_package /usr/bin/rclone rclone "rclone"
 
 ci="${CI:-}"
 ci="${ci,,}"
