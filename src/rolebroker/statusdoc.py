@@ -100,6 +100,31 @@ class MfaStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LastCaller:
+    """Who last asked for a profile's credentials (from the audit of that request): the
+    process the kernel named, and the grant it used (None for the master token)."""
+
+    pid: int | None = None
+    exe: str | None = None
+    at: str | None = None
+    grant: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exe": self.exe, "at": self.at, "grant": self.grant}
+
+    @classmethod
+    def from_json(cls, value: Any) -> LastCaller | None:
+        if not isinstance(value, Mapping):
+            return None
+        return cls(
+            pid=_int(value.get("pid")),
+            exe=_str(value.get("exe")),
+            at=_str(value.get("at")),
+            grant=_str(value.get("grant")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileStatus:
     """One profile's row; times are UTC ``YYYY-MM-DDTHH:MM:SSZ``."""
 
@@ -119,6 +144,7 @@ class ProfileStatus:
     last_error: ErrorInfo | None = None
     sts_calls: int = 0
     mfa: MfaStatus | None = None
+    last_caller: LastCaller | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -136,6 +162,7 @@ class ProfileStatus:
             "last_refresh": self.last_refresh,
             "last_error": self.last_error.to_json() if self.last_error else None,
             "sts_calls": self.sts_calls,
+            "last_caller": self.last_caller.to_json() if self.last_caller else None,
         }
         if self.mfa is not None:
             row.update(self.mfa.to_json())
@@ -160,6 +187,7 @@ class ProfileStatus:
             last_error=ErrorInfo.from_json(row.get("last_error")),
             sts_calls=_int(row.get("sts_calls")) or 0,
             mfa=MfaStatus.from_json(row),
+            last_caller=LastCaller.from_json(row.get("last_caller")),
         )
 
 
@@ -179,6 +207,11 @@ class StatusDoc:
     """Why rolebroker's own settings could not be re-read (the previous ones stay)."""
     sts_calls_total: int = 0
     profiles: tuple[ProfileStatus, ...] = ()
+    audit_file: str | None = None
+    grants_file: str | None = None
+    caller_identity: str | None = None
+    """How the daemon learns who calls: ``netlink``, ``proc`` or ``unavailable`` (then the
+    ForeignUser check is skipped and the audit log has no pid or command)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,6 +225,9 @@ class StatusDoc:
             "settings_error": self.settings_error,
             "sts_calls_total": self.sts_calls_total,
             "profiles": [profile.to_json() for profile in self.profiles],
+            "audit_file": self.audit_file,
+            "grants_file": self.grants_file,
+            "caller_identity": self.caller_identity,
         }
 
     @classmethod
@@ -213,4 +249,7 @@ class StatusDoc:
                 for row in (profiles if isinstance(profiles, list) else [])
                 if isinstance(row, Mapping)
             ),
+            audit_file=_str(body.get("audit_file")),
+            grants_file=_str(body.get("grants_file")),
+            caller_identity=_str(body.get("caller_identity")),
         )
