@@ -16,6 +16,8 @@ first process holding its inode; psutil adds nothing for these five fields.
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +44,20 @@ def lookup_peer(
     *,
     proc: Path = procfs.PROC,
     find_process: bool = True,
+    original: tuple[str, int] | None = None,
 ) -> CallerIdentity:
     """The identity of ``peer`` connected to the daemon's ``local`` address.
 
     ``local`` and ``peer`` are what the server sees (``sockname`` and ``peername``): the
     client's socket is the row whose own address is ``peer`` and whose remote is ``local``.
+    ``original`` is where the client connected before a NAT redirect moved the connection
+    to ``local`` (:func:`original_destination`; ``rolebroker port80``'s rule): the client's
+    socket still names that address as its remote, so it is looked up there too.
     """
     try:
         owner = _socket_owner(_host_port(peer), _host_port(local), proc)
+        if owner is None and original is not None and _host_port(original) != _host_port(local):
+            owner = _socket_owner(_host_port(peer), _host_port(original), proc)
     except Exception:  # best effort by contract: an identity never breaks a request
         return UNKNOWN
     if owner is None:
@@ -68,6 +76,28 @@ def lookup_peer(
         cmdline=procfs.read_cmdline(pid, proc),
         cwd=procfs.read_link(pid, "cwd", proc),
     )
+
+
+_SO_ORIGINAL_DST = 80
+"""netfilter's getsockopt (``linux/netfilter_ipv4.h``; ``IP6T_SO_ORIGINAL_DST`` has the same
+number): the destination a connection had before NAT, from conntrack. No privilege needed."""
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where the client of an accepted ``sock`` connected before a NAT redirect, or None
+    (no NAT, no conntrack, not Linux). A syscall, no I/O: cheap enough for the event loop."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)  # struct sockaddr_in
+            port, address = struct.unpack_from("!2xH4s", raw)
+            return socket.inet_ntop(socket.AF_INET, address), port
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, _SO_ORIGINAL_DST, 28)  # struct sockaddr_in6
+            (port,) = struct.unpack_from("!2xH", raw)
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    except (OSError, AttributeError, struct.error, ValueError):
+        return None
+    return None
 
 
 def _socket_owner(local: tuple[str, int], remote: tuple[str, int], proc: Path) -> procfs.SocketOwner | None:

@@ -20,10 +20,11 @@ from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.config import Settings
+from rolebroker.logs import escape
 from rolebroker.mfacode import valid_code
 
 if TYPE_CHECKING:
-    from rolebroker.statusdoc import ProfileStatus, StatusDoc
+    from rolebroker.statusdoc import LastCaller, ProfileStatus, StatusDoc
 
 
 @click.command("status")
@@ -182,8 +183,15 @@ def format_status(status: StatusDoc, now: float) -> str:
         lines.append(
             f"AWS config error: {config_error.code}: {config_error.message} (serving the last good version)"
         )
+    if status.audit_file:
+        lines.append(f"Audit log: {escape(status.audit_file)} (rolebroker audit)")
+    if status.caller_identity == "unavailable":
+        lines.append(
+            "Caller identity: unavailable on this system: no ForeignUser check, no pid or program "
+            "in the audit log"
+        )
     lines.append("")
-    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
+    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR", "LAST CALLER")
     rows = [header]
     details: list[str] = []
     for profile in status.profiles:
@@ -207,7 +215,7 @@ def format_status(status: StatusDoc, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str]:
+def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str, str]:
     error_cell = "-"
     if profile.last_error is not None:
         when = _ago(profile.last_error.at, now)
@@ -218,7 +226,23 @@ def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str]:
         _duration(profile.expires_in_seconds),
         _ago(profile.last_refresh, now),
         error_cell,
+        last_caller_cell(profile.last_caller, now),
     )
+
+
+def last_caller_cell(caller: LastCaller | None, now: float) -> str:
+    """``python3 (pid 4321, 2m ago, grant ci)``: the program's name, escaped (it is what the
+    caller's process shows); no grant means the master token (or a tokenless same-user call)."""
+    if caller is None:
+        return "-"
+    program = escape(caller.exe.rsplit("/", 1)[-1]) if caller.exe else "unknown process"
+    details = [f"pid {caller.pid}"] if caller.pid is not None else []
+    when = _ago(caller.at, now)
+    if when != "-":
+        details.append(when)
+    if caller.grant:
+        details.append(f"grant {escape(caller.grant)}")
+    return f"{program} ({', '.join(details)})" if details else program
 
 
 def _duration(seconds: float | None) -> str:
