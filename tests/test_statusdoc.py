@@ -3,7 +3,7 @@ document from another daemon (missing or mistyped fields) reads without a traceb
 
 from __future__ import annotations
 
-from rolebroker.statusdoc import ErrorInfo, LastCaller, MfaStatus, ProfileStatus, StatusDoc
+from rolebroker.statusdoc import ErrorInfo, CallerInfo, MfaStatus, ProfileStatus, StatusDoc
 
 DOC = StatusDoc(
     version="0.1.0",
@@ -24,7 +24,7 @@ DOC = StatusDoc(
             chain=("base", "dev"),
             last_error=ErrorInfo("MfaRequired", "run: rolebroker mfa dev", at="2026-01-01T00:00:00Z"),
             mfa=MfaStatus(serial="arn:aws:iam::1:mfa/me", state="required", process=True),
-            last_caller=LastCaller(pid=7, exe="/usr/bin/python3", at="2026-01-01T00:00:01Z", grant="ci"),
+            last_caller=CallerInfo(pid=7, exe="/usr/bin/python3", at="2026-01-01T00:00:01Z", grant="ci"),
         ),
     ),
     audit_file="/h/.local/state/rolebroker/audit.jsonl",
@@ -72,5 +72,5 @@ def test_a_document_of_another_daemon_reads_without_a_traceback() -> None:
     assert [p.name for p in doc.profiles] == ["a", "?"]
     assert doc.profiles[0].last_error == ErrorInfo("E", "")
     assert doc.profiles[0].chain == ()
-    assert doc.profiles[0].last_caller == LastCaller() and doc.caller_identity is None
+    assert doc.profiles[0].last_caller == CallerInfo() and doc.caller_identity is None
     assert StatusDoc.from_json({}) == StatusDoc()

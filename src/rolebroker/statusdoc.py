@@ -100,9 +100,9 @@ class MfaStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class LastCaller:
-    """Who last asked for a profile's credentials (from the audit of that request): the
-    process the kernel named, and the grant it used (None for the master token)."""
+class CallerInfo:
+    """Who last got a profile's credentials: process id and executable as the kernel showed
+    them, when (UTC), and the grant's name (None: the master token)."""
 
     pid: int | None = None
     exe: str | None = None
@@ -113,7 +113,7 @@ class LastCaller:
         return {"pid": self.pid, "exe": self.exe, "at": self.at, "grant": self.grant}
 
     @classmethod
-    def from_json(cls, value: Any) -> LastCaller | None:
+    def from_json(cls, value: Any) -> CallerInfo | None:
         if not isinstance(value, Mapping):
             return None
         return cls(
@@ -144,7 +144,7 @@ class ProfileStatus:
     last_error: ErrorInfo | None = None
     sts_calls: int = 0
     mfa: MfaStatus | None = None
-    last_caller: LastCaller | None = None
+    last_caller: CallerInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -187,7 +187,7 @@ class ProfileStatus:
             last_error=ErrorInfo.from_json(row.get("last_error")),
             sts_calls=_int(row.get("sts_calls")) or 0,
             mfa=MfaStatus.from_json(row),
-            last_caller=LastCaller.from_json(row.get("last_caller")),
+            last_caller=CallerInfo.from_json(row.get("last_caller")),
         )
 
 
@@ -206,12 +206,12 @@ class StatusDoc:
     settings_error: str | None = None
     """Why rolebroker's own settings could not be re-read (the previous ones stay)."""
     sts_calls_total: int = 0
-    profiles: tuple[ProfileStatus, ...] = ()
     audit_file: str | None = None
     grants_file: str | None = None
     caller_identity: str | None = None
-    """How the daemon learns who calls: ``netlink``, ``proc`` or ``unavailable`` (then the
-    ForeignUser check is skipped and the audit log has no pid or command)."""
+    """``netlink``, ``proc`` or ``unavailable``: how the daemon learns who calls (with
+    ``unavailable`` it cannot refuse other users' connections by uid)."""
+    profiles: tuple[ProfileStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,10 +224,10 @@ class StatusDoc:
             "config_error": self.config_error.to_json() if self.config_error else None,
             "settings_error": self.settings_error,
             "sts_calls_total": self.sts_calls_total,
-            "profiles": [profile.to_json() for profile in self.profiles],
             "audit_file": self.audit_file,
             "grants_file": self.grants_file,
             "caller_identity": self.caller_identity,
+            "profiles": [profile.to_json() for profile in self.profiles],
         }
 
     @classmethod
@@ -244,12 +244,12 @@ class StatusDoc:
             config_error=ErrorInfo.from_json(body.get("config_error")),
             settings_error=_str(body.get("settings_error")) or None,
             sts_calls_total=_int(body.get("sts_calls_total")) or 0,
+            audit_file=_str(body.get("audit_file")),
+            grants_file=_str(body.get("grants_file")),
+            caller_identity=_str(body.get("caller_identity")),
             profiles=tuple(
                 ProfileStatus.from_json(_object(row))
                 for row in (profiles if isinstance(profiles, list) else [])
                 if isinstance(row, Mapping)
             ),
-            audit_file=_str(body.get("audit_file")),
-            grants_file=_str(body.get("grants_file")),
-            caller_identity=_str(body.get("caller_identity")),
         )

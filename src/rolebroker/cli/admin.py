@@ -24,7 +24,7 @@ from rolebroker.logs import escape
 from rolebroker.mfacode import valid_code
 
 if TYPE_CHECKING:
-    from rolebroker.statusdoc import LastCaller, ProfileStatus, StatusDoc
+    from rolebroker.statusdoc import CallerInfo, ProfileStatus, StatusDoc
 
 
 @click.command("status")
@@ -230,7 +230,7 @@ def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str, s
     )
 
 
-def last_caller_cell(caller: LastCaller | None, now: float) -> str:
+def last_caller_cell(caller: CallerInfo | None, now: float) -> str:
     """``python3 (pid 4321, 2m ago, grant ci)``: the program's name, escaped (it is what the
     caller's process shows); no grant means the master token (or a tokenless same-user call)."""
     if caller is None:
