@@ -3,7 +3,7 @@ document from another daemon (missing or mistyped fields) reads without a traceb
 
 from __future__ import annotations
 
-from rolebroker.statusdoc import ErrorInfo, CallerInfo, MfaStatus, ProfileStatus, StatusDoc
+from rolebroker.statusdoc import CallerInfo, ErrorInfo, MfaStatus, ProfileStatus, StatusDoc
 
 DOC = StatusDoc(
     version="0.1.0",

@@ -9,6 +9,7 @@ request needs it, and every later request on the same connection gets the answer
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import sys
@@ -32,11 +33,14 @@ class PeerLookup:
         self._value = value
 
     @classmethod
-    def start(cls, loop: asyncio.AbstractEventLoop, local: Any, peer: Any) -> PeerLookup:
-        """``local``/``peer``: the transport's sockname and peername (None when unknown)."""
+    def start(
+        cls, loop: asyncio.AbstractEventLoop, local: Any, peer: Any, original: tuple[str, int] | None = None
+    ) -> PeerLookup:
+        """``local``/``peer``: the transport's sockname and peername (None when unknown);
+        ``original``: where the client connected before a NAT redirect (``rolebroker port80``)."""
         if not local or not peer:
             return cls(None, UNKNOWN)
-        return cls(loop.run_in_executor(None, lookup_peer, local, peer))
+        return cls(loop.run_in_executor(None, functools.partial(lookup_peer, local, peer, original=original)))
 
     @classmethod
     def known(cls, identity: CallerIdentity) -> PeerLookup:

@@ -25,6 +25,7 @@ from uvicorn.server import ServerState
 
 from rolebroker.callers import CALLER_EXTENSION, PeerLookup
 from rolebroker.errors import BadRequest, BrokerError, HeadersTooLarge, RequestTimeout, ServerBusy
+from rolebroker.identity import original_destination
 from rolebroker.limits import KEEP_ALIVE, MAX_HEADER_BYTES, REQUEST_TIMEOUT, ConnectionBudget
 from rolebroker.logs import LogThrottle
 
@@ -170,7 +171,10 @@ class GuardedProtocol(H11Protocol):
         # Who is on the other end, looked up once per connection in a worker thread; the app
         # awaits it only for requests that need it (see callers.py).
         caller = PeerLookup.start(
-            self.loop, transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+            self.loop,
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+            original_destination(transport.get_extra_info("socket")),
         )
         inner = self.app
 

@@ -20,6 +20,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rolebroker import procfs, sockdiag
 
@@ -83,9 +84,12 @@ _SO_ORIGINAL_DST = 80
 number): the destination a connection had before NAT, from conntrack. No privilege needed."""
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
-    """Where the client of an accepted ``sock`` connected before a NAT redirect, or None
-    (no NAT, no conntrack, not Linux). A syscall, no I/O: cheap enough for the event loop."""
+def original_destination(sock: Any) -> tuple[str, int] | None:
+    """Where the client of an accepted ``sock`` (a socket, or asyncio's wrapper of one)
+    connected before a NAT redirect, or None (no NAT, no conntrack, not Linux). One
+    syscall, no I/O: cheap enough for the event loop."""
+    if sock is None:
+        return None
     try:
         if sock.family == socket.AF_INET:
             raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)  # struct sockaddr_in
