@@ -146,20 +146,25 @@ def mfa_command(profile: str, code: str | None, port: int | None, token_file: Pa
 
 @click.command("doctor")
 @click.argument("profile", required=False)
+@click.option(
+    "--port80", is_flag=True, help="Also check the `rolebroker port80` redirect and tokenless mode."
+)
 @daemon_options
-def doctor_command(profile: str | None, port: int | None, token_file: Path | None) -> None:
+def doctor_command(profile: str | None, port80: bool, port: int | None, token_file: Path | None) -> None:
     """Check the daemon and this environment; explain every problem and its fix.
 
     Checks that the daemon answers and accepts the token, that PROFILE (and the profile in
     AWS_CONTAINER_CREDENTIALS_FULL_URI) can be served, and everything that makes SDKs bypass
     the endpoint: access keys or AWS_PROFILE in the environment, a [default] profile with
     credentials, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, a FULL_URI host or port some SDKs
-    refuse, token variables that disagree or end with a newline. Exits 1 on any problem.
+    refuse, token variables that disagree or end with a newline. A token that is a grant is
+    named with its profiles and expiry. With --port80, also whether `curl localhost/creds/P`
+    reaches this daemon and whether tokenless mode is on. Exits 1 on any problem.
     """
     from rolebroker.cli import doctor
 
     settings = daemon_settings(port, token_file)
-    findings = doctor.diagnose(settings, os.environ, profile)
+    findings = doctor.diagnose(settings, os.environ, profile, port80=port80)
     click.echo(doctor.render(findings, settings), nl=False)
     if doctor.has_problems(findings):
         sys.exit(1)
