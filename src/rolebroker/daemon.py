@@ -138,7 +138,7 @@ def run_daemon(
 
     async def main() -> None:
         notifier = asyncio.get_running_loop().create_task(
-            _announce_ready(server, settings, listeners, discovery_path)
+            _announce_ready(server, settings, listeners, discovery_path, audit.path)
         )
         try:
             await server.serve(sockets=listeners.sockets)
@@ -198,7 +198,11 @@ async def _reload(broker: Any) -> None:
 
 
 async def _announce_ready(
-    server: Any, settings: Settings, listeners: Listeners, discovery_path: Path | None
+    server: Any,
+    settings: Settings,
+    listeners: Listeners,
+    discovery_path: Path | None,
+    audit_file: Path | None = None,
 ) -> None:
     """READY=1 only once the sockets accept connections, so dependants never race us."""
     while not server.started:
@@ -209,6 +213,7 @@ async def _announce_ready(
         addresses=tuple(a for a, _p in listeners.addresses),
         token_file=settings.token_file.absolute(),
         pid=os.getpid(),
+        audit_file=audit_file.absolute() if audit_file is not None else None,
     )
     if discovery_path is not None:
         try:
