@@ -403,7 +403,7 @@ def _check_presented_token(ctx: _Context, name: str, token: str, served: str | N
         )
     elif reply.status in (401, 403):
         ctx.problem(
-            f"the token in {name} is neither the daemon's nor a grant it knows",
+            f"the token in {name} is not the daemon's, nor a grant it knows",
             f"rolebroker refuses every request with it ({error.code})",
             ctx.env_fix(served),
         )
