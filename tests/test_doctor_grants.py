@@ -1,6 +1,6 @@
 """``rolebroker doctor`` in a shell whose token is a grant: it asks the daemon what the token
 is (GET /grants/self) instead of comparing it with the token file, and says which profiles
-the grant covers, until when, and when it no longer works."""
+the grant covers, until when, and when it no longer works; and whether the daemon can tell who calls."""
 
 from __future__ import annotations
 
@@ -66,3 +66,21 @@ def test_a_revoked_grant_and_a_foreign_token_are_problems(daemon: Daemon) -> Non
     assert 'eval "$(rolebroker env prod' in done.stdout and done.returncode == 1
     other = _doctor(daemon, "prod", "x" * 43)
     assert "is not the daemon's, nor a grant it knows" in other.stdout and "(InvalidToken)" in other.stdout
+
+
+def test_caller_identity_availability_is_reported() -> None:
+    from rolebroker.cli import doctor
+    from rolebroker.cli.client import DaemonClient
+    from rolebroker.cli.shellenv import read_aws_config
+    from rolebroker.config import Settings
+    from rolebroker.statusdoc import StatusDoc
+
+    settings = Settings()
+    ctx = doctor._Context(settings, {}, None, DaemonClient(settings), read_aws_config({}))
+    doctor._check_caller_identity(ctx, StatusDoc(caller_identity="unavailable", audit_file="/a.jsonl"))
+    doctor._check_caller_identity(ctx, StatusDoc(caller_identity="netlink"))
+    doctor._check_caller_identity(ctx, StatusDoc())  # an older daemon says nothing: nor does the doctor
+    unavailable, known = ctx.findings
+    assert unavailable.level is doctor.Level.NOTE and "the ForeignUser check is skipped" in unavailable.why
+    assert "macOS: not yet supported" in unavailable.fix
+    assert known.level is doctor.Level.OK and "(netlink)" in known.what
