@@ -194,3 +194,23 @@ def test_audit_and_status_after_real_requests(daemon: Daemon) -> None:
     assert "grant ci" in dev
     for text in (table.stdout, status.stdout, json.dumps(found)):
         assert not daemon.leaked(text) and grant not in text
+
+
+def test_follow_prints_the_last_records_then_new_ones(audit_file: Path) -> None:
+    seen: list[str] = []
+    steps = iter(range(100))
+
+    def sleep(_: float) -> None:
+        if next(steps) == 0:
+            with audit_file.open("a") as handle:
+                handle.write(json.dumps(_record("prod", 0, grant="ci", pid=5)) + "\n")
+                handle.write(json.dumps(_record("dev", 0, grant="other")) + "\n")
+
+    def stop() -> bool:
+        return len(seen) >= 2
+
+    for record in auditlog.follow(audit_file, grant="ci", last=1, interval=0, sleep=sleep, stop=stop):
+        seen.append(f"{record['profile']}:{record.get('pid')}")
+        if len(seen) >= 2:
+            break
+    assert seen == ["prod:4321", "prod:5"]
