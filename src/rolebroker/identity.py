@@ -42,11 +42,13 @@ def lookup_peer(
     *,
     proc: Path = procfs.PROC,
     find_process: bool = True,
+    exclude: int | None = None,
 ) -> CallerIdentity:
     """The identity of ``peer`` connected to the daemon's ``local`` address.
 
     ``local`` and ``peer`` are what the server sees (``sockname`` and ``peername``): the
     client's socket is the row whose own address is ``peer`` and whose remote is ``local``.
+    ``exclude``: a pid whose files are not walked (the daemon passes its own).
     """
     try:
         owner = _socket_owner(_host_port(peer), _host_port(local), proc)
@@ -58,7 +60,7 @@ def lookup_peer(
         return CallerIdentity(uid=owner.uid)
     pid = None
     with contextlib.suppress(Exception):
-        pid = procfs.process_holding(owner.inode, owner.uid, proc)
+        pid = procfs.process_holding(owner.inode, owner.uid, proc, exclude=exclude)
     if pid is None:
         return CallerIdentity(uid=owner.uid)
     return CallerIdentity(
