@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rolebroker.audit import AuditLog
 from rolebroker.authtoken import TokenStore
+from rolebroker.callers import PeerLookup
 from rolebroker.errors import (
-    BrokerError,
     ForeignUser,
     InvalidToken,
     MasterTokenRequired,
@@ -31,9 +32,19 @@ from rolebroker.statusdoc import CallerInfo
 
 log = logging.getLogger("rolebroker")
 
+PROCESS_WAIT = 0.25
+"""Seconds a credential request waits at most for its caller's process (normally well under
+a millisecond; /proc walks slow down with many open files): then it is answered anyway and
+its audit line is written when the lookup ends."""
+MAX_PENDING = 256
+"""Process lookups waiting for the audit line; beyond this a line names the uid only."""
 FLUSH_DELAY = 30.0
 """Seconds after a grant's first use until its ``last_used`` is written (once, not per use):
 an idle daemon is never woken for it."""
+
+
+Caller = tuple[PeerLookup | None, CallerIdentity | None]
+"""A connection's lookup and what is known of the caller so far (its uid)."""
 
 
 class Route(enum.Enum):
@@ -96,6 +107,8 @@ class Access:
         self.last_callers: dict[str, CallerInfo] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -150,15 +163,21 @@ class Access:
         self,
         profile: str,
         principal: Principal,
-        caller: CallerIdentity | None,
+        caller: Caller,
         user_agent: str | None,
         role_arn: str | None,
     ) -> None:
-        """A credential request answered 200: audit line, last caller, grant use."""
+        """A credential request answered 200: audit line and last caller (once the process
+        is known), grant use (now)."""
         grant = principal.label
-        self.record(profile, "OK", 200, grant, caller, user_agent, role_arn)
-        who = caller or CallerIdentity()
-        self.last_callers[profile] = CallerInfo(who.pid, who.exe, _stamp(self._clock()), grant)
+        at = _stamp(self._clock())
+
+        def write(who: CallerIdentity | None) -> None:
+            self.record(profile, "OK", 200, grant, who, user_agent, role_arn)
+            found = who or CallerIdentity()
+            self.last_callers[profile] = CallerInfo(found.pid, found.exe, at, grant)
+
+        self._with_process(caller, write)
         if principal.grant is not None and self.grants is not None:
             self.grants.touch(principal.grant)
             self._schedule_flush()
@@ -166,14 +185,14 @@ class Access:
     def refused(
         self,
         profile: str,
-        error: BrokerError,
+        outcome: str,
+        status: int,
         principal: Principal | None,
-        caller: CallerIdentity | None,
+        caller: Caller,
         user_agent: str | None,
     ) -> None:
-        self.record(
-            profile, error.code, error.status, principal.label if principal else None, caller, user_agent
-        )
+        grant = principal.label if principal else None
+        self._with_process(caller, lambda who: self.record(profile, outcome, status, grant, who, user_agent))
 
     def record(
         self,
@@ -196,6 +215,42 @@ class Access:
                 user_agent=user_agent,
             )
 
+    async def await_process(self, lookup: PeerLookup | None) -> None:
+        """Start the lookup of the caller's process and wait for it (bounded), so the audit
+        line names a client that exits as soon as it has its answer."""
+        if lookup is None:
+            return
+        result = lookup.with_process(self.lookups())
+        if isinstance(result, asyncio.Future) and not result.done():
+            await asyncio.wait((result,), timeout=PROCESS_WAIT)
+
+    def lookups(self) -> ThreadPoolExecutor:
+        """One thread for process lookups: a slow /proc walk never delays the uid lookups
+        (default executor) nor anything else."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolebroker-callers")
+        return self._executor
+
+    def _with_process(self, caller: Caller, write: Callable[[CallerIdentity | None], None]) -> None:
+        """``write`` with the caller's process, looked up after the answer (one thread, at
+        most MAX_PENDING waiting: beyond that the line names the uid only)."""
+        lookup, known = caller
+        if lookup is None or self._pending >= MAX_PENDING:
+            write(known)
+            return
+        result = lookup.with_process(self.lookups())
+        if isinstance(result, CallerIdentity):
+            write(result)
+            return
+        self._pending += 1
+
+        def done(future: asyncio.Future[CallerIdentity]) -> None:
+            self._pending -= 1
+            ok = not future.cancelled() and future.exception() is None
+            write(future.result() if ok else known)
+
+        result.add_done_callback(done)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -209,6 +264,9 @@ class Access:
             self._flush = None
         if self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown)
+            await asyncio.sleep(0)  # the lookups' callbacks: their audit lines are queued
         if self.grants is not None:
             await asyncio.to_thread(self.grants.flush)
         if self.audit is not None:

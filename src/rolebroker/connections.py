@@ -168,13 +168,13 @@ class GuardedProtocol(H11Protocol):
             self._answer(ServerBusy("too many open connections; retry in a second"))
             return
         self._arm()
-        # Who is on the other end, looked up once per connection in a worker thread; the app
-        # awaits it only for requests that need it (see callers.py).
-        caller = PeerLookup.start(
+        # Who is on the other end: looked up in a worker thread when a request first needs
+        # it, at most once per connection (see callers.py).
+        caller = PeerLookup(
             self.loop,
             transport.get_extra_info("sockname"),
             transport.get_extra_info("peername"),
-            original_destination(transport.get_extra_info("socket")),
+            original=original_destination(transport.get_extra_info("socket")),
         )
         inner = self.app
 

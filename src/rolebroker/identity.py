@@ -45,12 +45,14 @@ def lookup_peer(
     *,
     proc: Path = procfs.PROC,
     find_process: bool = True,
+    exclude: int | None = None,
     original: tuple[str, int] | None = None,
 ) -> CallerIdentity:
     """The identity of ``peer`` connected to the daemon's ``local`` address.
 
     ``local`` and ``peer`` are what the server sees (``sockname`` and ``peername``): the
     client's socket is the row whose own address is ``peer`` and whose remote is ``local``.
+    ``exclude``: a pid whose files are not walked (the daemon passes its own).
     ``original`` is where the client connected before a NAT redirect moved the connection
     to ``local`` (:func:`original_destination`; ``rolebroker port80``'s rule): the client's
     socket still names that address as its remote, so it is looked up there too.
@@ -67,7 +69,7 @@ def lookup_peer(
         return CallerIdentity(uid=owner.uid)
     pid = None
     with contextlib.suppress(Exception):
-        pid = procfs.process_holding(owner.inode, owner.uid, proc)
+        pid = procfs.process_holding(owner.inode, owner.uid, proc, exclude=exclude)
     if pid is None:
         return CallerIdentity(uid=owner.uid)
     return CallerIdentity(

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rolebroker.access import MASTER, Access, Principal, Route, route_of
+from rolebroker.access import MASTER, Access, Caller, Principal, Route, route_of
 from rolebroker.audit import AuditLog
 from rolebroker.authtoken import TokenStore, listener_proof, parse_nonce
 from rolebroker.broker import Broker
@@ -41,7 +41,6 @@ from rolebroker.errors import (
 )
 from rolebroker.grants import Grant, GrantStore
 from rolebroker.httpdate import HttpDate
-from rolebroker.identity import CallerIdentity
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
 from rolebroker.mfacode import valid_code
@@ -138,10 +137,16 @@ class Guard:
             await self._refuse(send, scope, error, body_pending)
             return
         context = RequestContext()
-        caller = None
+        caller = lookup = None
         if path != "/healthz":
             lookup = caller_of(scope)
-            caller = await lookup.get() if lookup is not None else None
+            if lookup is not None:
+                if route is Route.CREDS:
+                    lookup.with_process(self._access.lookups())  # in parallel with the uid
+                caller = await lookup.get()
+                if route is Route.CREDS:
+                    await self._access.await_process(lookup)
+                    caller = await lookup.get()
             try:
                 self._access.check_user(caller)
                 if route is not Route.OPEN:
@@ -154,7 +159,9 @@ class Guard:
             except BrokerError as refusal:
                 if route is Route.CREDS:
                     shown = context.profile or (path[7:] if path.startswith("/creds/") else path)
-                    self._access.refused(shown, refusal, context.principal, caller, agent)
+                    self._access.refused(
+                        shown, refusal.code, refusal.status, context.principal, (lookup, caller), agent
+                    )
                 await self._refuse(send, scope, refusal, body_pending)
                 return
         if chunked or length:
@@ -163,7 +170,7 @@ class Guard:
             body = self._warm(context.profile)
             if body is not None:
                 await _send_warm(send, body, self._date())
-                self._served(context, caller, agent)
+                self._served(context, (lookup, caller), agent)
                 return
         scope[REQUEST_KEY] = context
         if context.profile is None:
@@ -183,15 +190,14 @@ class Guard:
             if status == 0:
                 pass  # the client left before any answer
             elif status == 200:
-                self._served(context, caller, agent)
-            elif context.error is not None:
-                self._access.refused(context.profile, context.error, context.principal, caller, agent)
+                self._served(context, (lookup, caller), agent)
             else:
-                self._access.record(
-                    context.profile, f"HTTP{status}", status, context.principal.label, caller, agent
+                outcome = context.error.code if context.error is not None else f"HTTP{status}"
+                self._access.refused(
+                    context.profile, outcome, status, context.principal, (lookup, caller), agent
                 )
 
-    def _served(self, context: RequestContext, caller: CallerIdentity | None, agent: str | None) -> None:
+    def _served(self, context: RequestContext, caller: Caller, agent: str | None) -> None:
         profile = context.profile or ""
         self._access.served(profile, context.principal, caller, agent, self._role_arn(profile))
 
