@@ -192,7 +192,7 @@ def follow(
 # -- output ----------------------------------------------------------------------------------
 
 _HEADER = (
-    f"{'TIME':<20}  {'PROFILE':<16} {'OUTCOME':<16} {'GRANT':<14} {'UID':>6} {'PID':>7}  "
+    f"{'TIME':<20}  {'PROFILE':<16} {'OUTCOME':<16} {'GRANT':<20} {'UID':>6} {'PID':>7}  "
     f"{'EXE':<{_EXE_WIDTH}}  COMMAND"
 )
 
@@ -214,7 +214,7 @@ def format_row(record: Mapping[str, Any]) -> str:
     command = shlex.join(str(a) for a in argv) if isinstance(argv, list) and argv else "-"
     return (
         f"{when}  {_cell(record.get('profile'), 16)} {_cell(record.get('outcome'), 16)} "
-        f"{_cell(record.get('grant'), 14)} {_cell(record.get('uid'), 6, right=True)} "
+        f"{_cell(record.get('grant'), 20)} {_cell(record.get('uid'), 6, right=True)} "
         f"{_cell(record.get('pid'), 7, right=True)}  {_tail(record.get('exe'), _EXE_WIDTH)}  "
         f"{_head(command, _COMMAND_WIDTH)}"
     ).rstrip()
