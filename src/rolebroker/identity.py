@@ -6,6 +6,10 @@ the process holding that inode is found in ``/proc/PID/fd``.
 A uid from the kernel cannot be forged by the client; the process details (exe, command line,
 cwd) are what that process shows and are for the audit log, not for decisions.
 
+Behind a NAT redirect (``rolebroker port80``) the client's socket still names the address it
+dialled (port 80), not the daemon's: the accepted socket's original destination
+(``original_destination``, from conntrack) says where to look it up.
+
 Blocking (it reads /proc): call ``lookup_peer`` off the event loop, once per connection.
 Outside Linux, or when the socket is already gone, every field is None; it never raises.
 Why not psutil: ``psutil.net_connections`` parses every row of every table and maps every
