@@ -3,7 +3,10 @@
     python bench/warm_path.py [--requests 2000] [--concurrency 20] [--unknown-names 20000] [--profiles 30]
 
 Starts a moto STS and the daemon (as the tests do), warms /creds/prod, then measures
-sequential latency over one keep-alive connection, a concurrent burst, the daemon's
+sequential latency over one keep-alive connection, the same with a grant for prod instead
+of the master token (interleaved rounds in the same run: the target is within 10 %), the
+cost of a new connection (GET /healthz looks up nobody, GET /creds looks up the caller's uid
+and process once per connection), a concurrent burst, the daemon's
 resident memory, and that memory again after requests for many profile names that do
 not exist (any local process can send them: the daemon must not remember them); then a
 second daemon with --profiles role profiles gives the memory each additional profile in
@@ -66,6 +69,48 @@ async def burst(url: str, token: str, total: int, concurrency: int) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(total)))
         return total / (time.perf_counter() - start)
+
+
+def sequential(client: httpx.Client, url: str, count: int, headers: dict[str, str]) -> list[float]:
+    timings = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.get(url, headers=headers).raise_for_status()
+        timings.append((time.perf_counter() - start) * 1000)
+    return timings
+
+
+def grant_against_master(daemon: Daemon, url: str, requests: int, rounds: int = 10) -> tuple[float, float]:
+    """Median warm latency (ms) with the master token and with a grant, interleaved in
+    ``rounds`` so that machine noise hits both alike."""
+    made = httpx.post(
+        f"{daemon.base_url}/grants",
+        json={"profiles": ["prod"], "ttl_seconds": None, "name": "bench"},
+        headers={"Authorization": daemon.token},
+    )
+    made.raise_for_status()
+    grant = made.json()["grant"]
+    master: list[float] = []
+    granted: list[float] = []
+    with httpx.Client() as client:
+        sequential(client, url, 50, {"Authorization": grant})  # warm-up
+        for _ in range(rounds):
+            master += sequential(client, url, requests // rounds, {"Authorization": daemon.token})
+            granted += sequential(client, url, requests // rounds, {"Authorization": grant})
+    return statistics.median(master), statistics.median(granted)
+
+
+def new_connections(daemon: Daemon, count: int) -> tuple[float, float]:
+    """Median ms of GET /healthz and of warm GET /creds/prod, each on a new connection."""
+    results = []
+    for path in ("/healthz", "/creds/prod"):
+        timings = []
+        for _ in range(count):
+            start = time.perf_counter()
+            httpx.get(daemon.base_url + path, headers={"Authorization": daemon.token}).raise_for_status()
+            timings.append((time.perf_counter() - start) * 1000)
+        results.append(statistics.median(timings))
+    return results[0], results[1]
 
 
 def rss_per_profile(moto: MotoServer, profiles: int) -> tuple[float, float, float]:
@@ -139,6 +184,18 @@ def warm_path(moto: MotoServer, args: argparse.Namespace) -> None:
                 f"max {max(timings):.2f} ms"
             )
             print(f"warm GET /creds/prod, {args.concurrency} concurrent: {rate:.0f} requests/s")
+            master, granted = grant_against_master(daemon, url, args.requests)
+            print(
+                f"warm GET /creds/prod, {args.requests} sequential each, interleaved: median "
+                f"{master:.3f} ms with the master token, {granted:.3f} ms with a grant "
+                f"({(granted / master - 1) * 100:+.1f} %; target within 10 %)"
+            )
+            fresh = min(300, args.requests)
+            healthz_ms, creds_ms = new_connections(daemon, fresh)
+            print(
+                f"new connection per request ({fresh} each): GET /healthz {healthz_ms:.2f} ms (no "
+                f"lookup), warm GET /creds/prod {creds_ms:.2f} ms (caller uid and process looked up)"
+            )
             after_rss = rss_mib(daemon.process.pid)
             print(f"daemon RSS: {idle_rss:.1f} MiB at start, {after_rss:.1f} MiB after the run")
             asyncio.run(unknown_names(daemon.base_url, daemon.token, args.unknown_names, args.concurrency))

@@ -126,7 +126,18 @@ def test_status_table_and_json_show_state_and_errors_but_no_secret(daemon: Daemo
     assert table.returncode == 0, table.stderr
     assert not daemon.leaked(table.stdout + table.stderr)
     rows = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line.strip()}
-    assert rows["PROFILE"] == ["PROFILE", "STATE", "EXPIRES", "IN", "LAST", "REFRESH", "LAST", "ERROR"]
+    assert rows["PROFILE"] == [
+        "PROFILE",
+        "STATE",
+        "EXPIRES",
+        "IN",
+        "LAST",
+        "REFRESH",
+        "LAST",
+        "ERROR",
+        "LAST",
+        "CALLER",
+    ]
     assert rows["prod-admin"][1] == "fresh"
     assert re.fullmatch(r"\d+m", rows["prod-admin"][2])
     assert rows["orphan"][1] == "error"

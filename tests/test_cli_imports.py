@@ -152,7 +152,7 @@ def _imported(stderr: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("args", [("token",), ("env", "prod"), ("status",)])
+@pytest.mark.parametrize("args", [("token",), ("env", "prod"), ("status",), ("audit", "--last", "1")])
 def test_shell_start_commands_import_nothing_heavy(daemon: Daemon, args: tuple[str, ...]) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "rolebroker", *args],

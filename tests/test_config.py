@@ -66,3 +66,13 @@ def test_unknown_and_broken_config_file(tmp_path: Path) -> None:
 def test_token_file_falls_back_without_runtime_dir(tmp_path: Path) -> None:
     path = default_token_file({"XDG_STATE_HOME": str(tmp_path / "state")})
     assert path == tmp_path / "state" / "rolebroker" / "token"
+
+
+def test_same_user_without_token_from_file_and_env(tmp_path: Path) -> None:
+    assert load_settings({}, env_for(tmp_path)).same_user_without_token is False
+    write_file(tmp_path, "same_user_without_token = true\n")
+    assert load_settings({}, env_for(tmp_path)).same_user_without_token is True
+    off = env_for(tmp_path, ROLEBROKER_SAME_USER_WITHOUT_TOKEN="false")
+    assert load_settings({}, off).same_user_without_token is False
+    with pytest.raises(SettingsError, match="ROLEBROKER_SAME_USER_WITHOUT_TOKEN"):
+        load_settings({}, env_for(tmp_path, ROLEBROKER_SAME_USER_WITHOUT_TOKEN="maybe"))

@@ -3,7 +3,7 @@ document from another daemon (missing or mistyped fields) reads without a traceb
 
 from __future__ import annotations
 
-from rolebroker.statusdoc import ErrorInfo, MfaStatus, ProfileStatus, StatusDoc
+from rolebroker.statusdoc import CallerInfo, ErrorInfo, MfaStatus, ProfileStatus, StatusDoc
 
 DOC = StatusDoc(
     version="0.1.0",
@@ -24,8 +24,12 @@ DOC = StatusDoc(
             chain=("base", "dev"),
             last_error=ErrorInfo("MfaRequired", "run: rolebroker mfa dev", at="2026-01-01T00:00:00Z"),
             mfa=MfaStatus(serial="arn:aws:iam::1:mfa/me", state="required", process=True),
+            last_caller=CallerInfo(pid=7, exe="/usr/bin/python3", at="2026-01-01T00:00:01Z", grant="ci"),
         ),
     ),
+    audit_file="/h/.local/state/rolebroker/audit.jsonl",
+    grants_file="/h/.local/state/rolebroker/grants.json",
+    caller_identity="netlink",
 )
 
 
@@ -40,6 +44,13 @@ def test_round_trip_keeps_every_field_and_the_flat_mfa_keys() -> None:
     )
     assert "mfa_state" not in body["profiles"][0]  # no MFA keys for chains without MFA
     assert body["config_error"] == {"code": "ConfigFileError", "message": "bad line 3"}
+    assert body["profiles"][0]["last_caller"] is None
+    assert dev["last_caller"] == {
+        "pid": 7,
+        "exe": "/usr/bin/python3",
+        "at": "2026-01-01T00:00:01Z",
+        "grant": "ci",
+    }
 
 
 def test_a_document_of_another_daemon_reads_without_a_traceback() -> None:
@@ -48,7 +59,12 @@ def test_a_document_of_another_daemon_reads_without_a_traceback() -> None:
             "version": 3,
             "pid": "x",
             "config_error": "broken",
-            "profiles": [{"name": "a", "last_error": {"code": "E"}, "chain": "nope"}, "junk", {}],
+            "profiles": [
+                {"name": "a", "last_error": {"code": "E"}, "chain": "nope", "last_caller": {"pid": "1"}},
+                "junk",
+                {},
+            ],
+            "caller_identity": 1,
             "refresh_before_seconds": True,
         }
     )
@@ -56,4 +72,5 @@ def test_a_document_of_another_daemon_reads_without_a_traceback() -> None:
     assert [p.name for p in doc.profiles] == ["a", "?"]
     assert doc.profiles[0].last_error == ErrorInfo("E", "")
     assert doc.profiles[0].chain == ()
+    assert doc.profiles[0].last_caller == CallerInfo() and doc.caller_identity is None
     assert StatusDoc.from_json({}) == StatusDoc()

@@ -18,8 +18,8 @@ from rolebroker.errors import (
     StsTimeout,
     StsUnavailable,
 )
-from rolebroker.hops.redact import MAX_UPSTREAM_TEXT, redact
 from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.redact import MAX_UPSTREAM_TEXT, redact
 
 KEY_ID = "ASIAQWERTYUIOPASDFGH"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

@@ -527,13 +527,23 @@ def verify(units: list[Path], *, user: bool, workdir: Path) -> tuple[int, str]:
 
 
 USER_UNITS = ["rolebroker.service", "rolebroker.socket"]
-SYSTEM_UNITS = ["rolebroker-http.socket", "rolebroker-http.service"]
+
+
+def port80_unit(dest: Path) -> Path:
+    """The system unit `rolebroker port80 --apply` writes (for uid 1000)."""
+    from rolebroker.cli.port80_setup import systemd_unit, unit_name
+
+    dest.mkdir(exist_ok=True)
+    path = dest / unit_name(1000)
+    path.write_text(systemd_unit(1000))
+    return path
 
 
 @linux_only
-@pytest.mark.parametrize(("names", "user"), [(USER_UNITS, True), (SYSTEM_UNITS, False)])
-def test_systemd_analyze_accepts_the_units(names: list[str], user: bool, tmp_path: Path) -> None:
-    units = [runnable_copy(UNITS / name, tmp_path) for name in names]
+@pytest.mark.parametrize("user", [True, False], ids=["user units", "port80 system unit"])
+def test_systemd_analyze_accepts_the_units(user: bool, tmp_path: Path) -> None:
+    sources = [UNITS / name for name in USER_UNITS] if user else [port80_unit(tmp_path / "generated")]
+    units = [runnable_copy(source, tmp_path) for source in sources]
     status, output = verify(units, user=user, workdir=tmp_path)
     assert status == 0, output
     complaints = [line for line in output.splitlines() if line.strip()]
@@ -565,17 +575,8 @@ def test_units_keep_their_contract() -> None:
     assert [v for _s, k, v in socket_unit if k == "ListenStream"] == ["127.0.0.1:9911", "[::1]:9911"]
     assert ("Socket", "BindIPv6Only", "ipv6-only") in socket_unit
 
-    http_socket = unit_entries(UNITS / "rolebroker-http.socket")
-    assert [v for s, k, v in http_socket if k == "ListenStream"] == ["127.0.0.1:80"]
-    http_service = unit_entries(UNITS / "rolebroker-http.service")
-    # No root process serves requests: the relay runs as a transient unprivileged user,
-    # holds no capabilities, and only forwards to the user's daemon on loopback.
-    assert ("Service", "DynamicUser", "yes") in http_service
-    assert ("Service", "CapabilityBoundingSet", "") in http_service
-    assert not any(k == "User" for _s, k, _v in http_service)
-    (exec_start,) = [v for _s, k, v in http_service if k == "ExecStart"]
-    assert exec_start.split()[0].endswith("/systemd-socket-proxyd")
-    assert exec_start.split()[-1] == "127.0.0.1:9911"
+    # The relay units for port 80 are gone: a relay hides the caller's uid (ForeignUser).
+    assert not list(UNITS.glob("rolebroker-http*"))
 
 
 # --- launchd -------------------------------------------------------------------------------

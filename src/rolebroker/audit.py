@@ -11,6 +11,7 @@ chooses (command line, user agent) is bounded and scrubbed of anything that look
 (the master token itself, whatever its form; url-safe and base64 runs such as grant macs and
 generated tokens; AWS keys and ``token=``-style pairs). Lines are ASCII JSON
 (``ensure_ascii``), so no control or bidi character reaches a terminal that prints the file.
+Reading, filtering and formatting the file is auditlog.py's (the CLI's side, kept light).
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from rolebroker.config import default_state_dir
-from rolebroker.hops.redact import redact
+from rolebroker.auditlog import default_audit_file as default_audit_file
+from rolebroker.auditlog import follow as follow
+from rolebroker.auditlog import format_table as format_table
+from rolebroker.auditlog import read_audit as read_audit
+from rolebroker.auditlog import rotated
 from rolebroker.identity import CallerIdentity
-from rolebroker.logs import escape
+from rolebroker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,8 @@ _LONG_FIELD = 1024
 _MAX_ARGS = 64
 _REDACTED = "<redacted>"
 _URLSAFE_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")
-"""Generated master tokens (43) and grant macs (43) are url-safe runs that hops.redact, which
+"""Generated master tokens (43) and grant macs (43) are url-safe runs that redact.py, which
 knows standard base64, misses when they contain ``-`` or ``_``."""
-
-
-def default_audit_file(environ: Mapping[str, str]) -> Path:
-    return default_state_dir(environ) / "audit.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,139 +236,7 @@ class AuditLog:
             self.path.unlink(missing_ok=True)
             return
         for n in range(self._backups - 1, 0, -1):
-            older = _rotated(self.path, n)
+            older = rotated(self.path, n)
             if older.exists():
-                os.replace(older, _rotated(self.path, n + 1))
-        os.replace(self.path, _rotated(self.path, 1))
-
-
-def _rotated(path: Path, n: int) -> Path:
-    return path.with_name(f"{path.name}.{n}")
-
-
-# -- reading -------------------------------------------------------------------------------
-
-
-def _files_oldest_first(path: Path) -> list[Path]:
-    rotated = sorted(
-        (p for p in path.parent.glob(path.name + ".*") if p.name[len(path.name) + 1 :].isdigit()),
-        key=lambda p: int(p.name[len(path.name) + 1 :]),
-        reverse=True,
-    )
-    return [*rotated, path]
-
-
-def _parse_time(text: object) -> float | None:
-    if not isinstance(text, str):
-        return None
-    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        with contextlib.suppress(ValueError):
-            return datetime.strptime(text, layout).replace(tzinfo=UTC).timestamp()
-    return None
-
-
-def _matches(record: Mapping[str, Any], profile: str | None, since: float | None) -> bool:
-    if "event" in record:  # a 'dropped' marker: shown unless a profile is asked for
-        return profile is None and (since is None or (_parse_time(record.get("time")) or 0) >= since)
-    if profile is not None and record.get("profile") != profile:
-        return False
-    if since is not None:
-        moment = _parse_time(record.get("time"))
-        if moment is None or moment < since:
-            return False
-    return True
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    with contextlib.suppress(ValueError):
-        record = json.loads(line)
-        if isinstance(record, dict):
-            return record
-    return None
-
-
-def read_audit(
-    path: Path, profile: str | None = None, since: float | None = None
-) -> Iterator[dict[str, Any]]:
-    """Every record across the rotated files, oldest first; unreadable lines are skipped."""
-    for file in _files_oldest_first(path):
-        try:
-            handle = file.open("rb")
-        except OSError:
-            continue
-        with handle:
-            for line in handle:
-                record = _parse_line(line)
-                if record is not None and _matches(record, profile, since):
-                    yield record
-
-
-def follow(
-    path: Path,
-    profile: str | None = None,
-    since: float | None = None,
-    *,
-    interval: float = 0.5,
-    sleep: Callable[[float], None] = time.sleep,
-    stop: Callable[[], bool] = lambda: False,
-) -> Iterator[dict[str, Any]]:
-    """``tail -f``: the records so far, then new ones as they are written, across rotations
-    (a new file at ``path`` is read from its start). Ends when ``stop()`` is true."""
-    yield from read_audit(path, profile, since)
-    handle = None
-    inode = None
-    with contextlib.suppress(OSError):
-        handle = path.open("rb")
-        handle.seek(0, os.SEEK_END)
-        inode = os.fstat(handle.fileno()).st_ino
-    try:
-        pending = b""
-        while not stop():
-            if handle is not None:
-                chunk = handle.read()
-                if chunk:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        record = _parse_line(line)
-                        if record is not None and _matches(record, profile, since):
-                            yield record
-                    continue
-            try:
-                current = path.stat().st_ino
-            except OSError:
-                current = None
-            if current is not None and current != inode:  # rotated: read the new file
-                if handle is not None:
-                    handle.close()
-                handle, inode, pending = path.open("rb"), current, b""
-                continue
-            sleep(interval)
-    finally:
-        if handle is not None:
-            handle.close()
-
-
-def format_table(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
-    """Lines for ``rolebroker audit``: time, profile, outcome, grant, uid, pid, command.
-    Every field is escaped: the file's text came from callers."""
-    yield f"{'TIME':<23} {'PROFILE':<20} {'OUTCOME':<18} {'GRANT':<16} {'UID':>6} {'PID':>7}  COMMAND"
-    for record in records:
-        if "event" in record:
-            count = _cell(record.get("count"), 12).strip()
-            yield f"{_cell(record.get('time'), 23)} ({count} records dropped: the queue was full)"
-            continue
-        command = " ".join(record.get("cmdline") or []) or record.get("exe") or "?"
-        yield (
-            f"{_cell(record.get('time'), 23)} {_cell(record.get('profile'), 20)} "
-            f"{_cell(record.get('outcome'), 18)} {_cell(record.get('grant') or '-', 16)} "
-            f"{_cell(record.get('uid'), 6, right=True)} {_cell(record.get('pid'), 7, right=True)}  "
-            f"{escape(str(command))[:120]}"
-        )
-
-
-def _cell(value: object, width: int, *, right: bool = False) -> str:
-    text = escape("-" if value is None else str(value))
-    if len(text) > width:
-        text = text[: width - 1] + "~"
-    return text.rjust(width) if right else text.ljust(width)
+                os.replace(older, rotated(self.path, n + 1))
+        os.replace(self.path, rotated(self.path, 1))

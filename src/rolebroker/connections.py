@@ -23,7 +23,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from rolebroker.callers import CALLER_EXTENSION, PeerLookup
 from rolebroker.errors import BadRequest, BrokerError, HeadersTooLarge, RequestTimeout, ServerBusy
+from rolebroker.identity import original_destination
 from rolebroker.limits import KEEP_ALIVE, MAX_HEADER_BYTES, REQUEST_TIMEOUT, ConnectionBudget
 from rolebroker.logs import LogThrottle
 
@@ -166,6 +168,21 @@ class GuardedProtocol(H11Protocol):
             self._answer(ServerBusy("too many open connections; retry in a second"))
             return
         self._arm()
+        # Who is on the other end: looked up in a worker thread when a request first needs
+        # it, at most once per connection (see callers.py).
+        caller = PeerLookup(
+            self.loop,
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+            original=original_destination(transport.get_extra_info("socket")),
+        )
+        inner = self.app
+
+        async def with_caller(scope: Any, receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})[CALLER_EXTENSION] = caller
+            await inner(scope, receive, send)
+
+        self.app = with_caller
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

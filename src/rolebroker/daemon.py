@@ -66,9 +66,12 @@ def run_daemon(
     same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
     next start and ``discovery_path`` tells the CLI where the daemon is: both None for
     throw-away daemons such as the demo's, which must not pose as the user's daemon."""
+    from rolebroker.audit import AuditLog, default_audit_file
     from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
     from rolebroker.broker import Broker
+    from rolebroker.callers import identity_method
     from rolebroker.connections import connection_limits
+    from rolebroker.grants import GrantStore, default_grants_file
     from rolebroker.limits import raise_file_limit
     from rolebroker.server import create_app
 
@@ -96,7 +99,24 @@ def run_daemon(
     def on_startup() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
 
-    app = create_app(broker, token, on_startup=on_startup)
+    # The daemon's one GrantStore and AuditLog: every listener's app gets these instances.
+    grants = GrantStore(default_grants_file(os.environ), lambda: token.current)
+    audit = AuditLog(default_audit_file(os.environ), secrets=lambda: (token.current,))
+    audit.start()
+
+    async def on_shutdown() -> None:
+        await asyncio.to_thread(grants.flush)
+        await asyncio.to_thread(audit.close)
+
+    app = create_app(
+        broker,
+        token,
+        grants=grants,
+        audit=audit,
+        caller_identity=identity_method(),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -118,7 +138,7 @@ def run_daemon(
 
     async def main() -> None:
         notifier = asyncio.get_running_loop().create_task(
-            _announce_ready(server, settings, listeners, discovery_path)
+            _announce_ready(server, settings, listeners, discovery_path, audit.path)
         )
         try:
             await server.serve(sockets=listeners.sockets)
@@ -178,7 +198,11 @@ async def _reload(broker: Any) -> None:
 
 
 async def _announce_ready(
-    server: Any, settings: Settings, listeners: Listeners, discovery_path: Path | None
+    server: Any,
+    settings: Settings,
+    listeners: Listeners,
+    discovery_path: Path | None,
+    audit_file: Path | None = None,
 ) -> None:
     """READY=1 only once the sockets accept connections, so dependants never race us."""
     while not server.started:
@@ -189,6 +213,7 @@ async def _announce_ready(
         addresses=tuple(a for a, _p in listeners.addresses),
         token_file=settings.token_file.absolute(),
         pid=os.getpid(),
+        audit_file=audit_file.absolute() if audit_file is not None else None,
     )
     if discovery_path is not None:
         try:

@@ -2,8 +2,8 @@
 
 Written by the daemon once it listens (0600, next to the default token file in the user's
 private runtime directory), removed on a clean stop. It holds the port, the listen
-addresses, the token file's path and the pid, never the token. The CLI trusts it only when
-it is a regular file of its own user and the pid is alive.
+addresses, the token file's path, the audit file's path and the pid, never the token. The
+CLI trusts it only when it is a regular file of its own user and the pid is alive.
 """
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ class DaemonInfo:
     addresses: tuple[str, ...]
     token_file: Path
     pid: int
+    audit_file: Path | None = None
+    """Where this daemon writes its audit log (``rolebroker audit`` reads it); None from a
+    daemon that does not say."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "port": self.port,
             "addresses": list(self.addresses),
             "token_file": str(self.token_file),
             "pid": self.pid,
         }
+        if self.audit_file is not None:
+            body["audit_file"] = str(self.audit_file)
+        return body
 
 
 def discovery_file(environ: Mapping[str, str]) -> Path:
@@ -93,6 +99,7 @@ def read(path: Path, *, require_alive: bool = True) -> DaemonInfo | None:
             addresses=tuple(str(a) for a in data["addresses"]),
             token_file=Path(str(data["token_file"])),
             pid=_int(data["pid"], 1, 2**31),
+            audit_file=Path(data["audit_file"]) if isinstance(data.get("audit_file"), str) else None,
         )
     except (ValueError, KeyError, TypeError):
         return None

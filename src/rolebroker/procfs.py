@@ -231,11 +231,17 @@ def socket_owner(local: tuple[str, int], remote: tuple[str, int], proc: Path = P
     return None
 
 
-def process_holding(inode: int, uid: int | None = None, proc: Path = PROC) -> int | None:
+def process_holding(
+    inode: int, uid: int | None = None, proc: Path = PROC, *, exclude: int | None = None
+) -> int | None:
     """The first process found with ``socket:[inode]`` open. Newest pids first (a client
-    that just connected is usually young), and only processes owned by ``uid`` when given."""
+    that just connected is usually young), and only processes owned by ``uid`` when given.
+    ``exclude``: a pid not to walk (the daemon itself, whose many sockets are never the
+    client's)."""
     wanted = f"socket:[{inode}]"
     for pid in sorted(_pids(proc), reverse=True):
+        if pid == exclude:
+            continue
         base = proc / str(pid)
         try:
             if uid is not None and base.stat().st_uid != uid:

@@ -20,10 +20,11 @@ from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.config import Settings
+from rolebroker.logs import escape
 from rolebroker.mfacode import valid_code
 
 if TYPE_CHECKING:
-    from rolebroker.statusdoc import ProfileStatus, StatusDoc
+    from rolebroker.statusdoc import CallerInfo, ProfileStatus, StatusDoc
 
 
 @click.command("status")
@@ -145,20 +146,25 @@ def mfa_command(profile: str, code: str | None, port: int | None, token_file: Pa
 
 @click.command("doctor")
 @click.argument("profile", required=False)
+@click.option(
+    "--port80", is_flag=True, help="Also check the `rolebroker port80` redirect and tokenless mode."
+)
 @daemon_options
-def doctor_command(profile: str | None, port: int | None, token_file: Path | None) -> None:
+def doctor_command(profile: str | None, port80: bool, port: int | None, token_file: Path | None) -> None:
     """Check the daemon and this environment; explain every problem and its fix.
 
     Checks that the daemon answers and accepts the token, that PROFILE (and the profile in
     AWS_CONTAINER_CREDENTIALS_FULL_URI) can be served, and everything that makes SDKs bypass
     the endpoint: access keys or AWS_PROFILE in the environment, a [default] profile with
     credentials, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, a FULL_URI host or port some SDKs
-    refuse, token variables that disagree or end with a newline. Exits 1 on any problem.
+    refuse, token variables that disagree or end with a newline. A token that is a grant is
+    named with its profiles and expiry. With --port80, also whether `curl localhost/creds/P`
+    reaches this daemon and whether tokenless mode is on. Exits 1 on any problem.
     """
     from rolebroker.cli import doctor
 
     settings = daemon_settings(port, token_file)
-    findings = doctor.diagnose(settings, os.environ, profile)
+    findings = doctor.diagnose(settings, os.environ, profile, port80=port80)
     click.echo(doctor.render(findings, settings), nl=False)
     if doctor.has_problems(findings):
         sys.exit(1)
@@ -182,8 +188,15 @@ def format_status(status: StatusDoc, now: float) -> str:
         lines.append(
             f"AWS config error: {config_error.code}: {config_error.message} (serving the last good version)"
         )
+    if status.audit_file:
+        lines.append(f"Audit log: {escape(status.audit_file)} (rolebroker audit)")
+    if status.caller_identity == "unavailable":
+        lines.append(
+            "Caller identity: unavailable on this system: no ForeignUser check, no pid or program "
+            "in the audit log"
+        )
     lines.append("")
-    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR")
+    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR", "LAST CALLER")
     rows = [header]
     details: list[str] = []
     for profile in status.profiles:
@@ -207,7 +220,7 @@ def format_status(status: StatusDoc, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str]:
+def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str, str]:
     error_cell = "-"
     if profile.last_error is not None:
         when = _ago(profile.last_error.at, now)
@@ -218,7 +231,23 @@ def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str]:
         _duration(profile.expires_in_seconds),
         _ago(profile.last_refresh, now),
         error_cell,
+        last_caller_cell(profile.last_caller, now),
     )
+
+
+def last_caller_cell(caller: CallerInfo | None, now: float) -> str:
+    """``python3 (pid 4321, 2m ago, grant ci)``: the program's name, escaped (it is what the
+    caller's process shows); no grant means the master token (or a tokenless same-user call)."""
+    if caller is None:
+        return "-"
+    program = escape(caller.exe.rsplit("/", 1)[-1]) if caller.exe else "unknown process"
+    details = [f"pid {caller.pid}"] if caller.pid is not None else []
+    when = _ago(caller.at, now)
+    if when != "-":
+        details.append(when)
+    if caller.grant:
+        details.append(f"grant {escape(caller.grant)}")
+    return f"{program} ({', '.join(details)})" if details else program
 
 
 def _duration(seconds: float | None) -> str:

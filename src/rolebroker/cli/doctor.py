@@ -109,8 +109,11 @@ class _Context:
         return difflib.get_close_matches(name, self.known_profiles, n=3, cutoff=0.5)
 
 
-def diagnose(settings: Settings, environ: Mapping[str, str], profile: str | None = None) -> list[Finding]:
-    """Every check, in the order a user should fix things."""
+def diagnose(
+    settings: Settings, environ: Mapping[str, str], profile: str | None = None, *, port80: bool = False
+) -> list[Finding]:
+    """Every check, in the order a user should fix things; ``port80``: also the
+    ``rolebroker port80`` redirect and tokenless mode (``doctor --port80``)."""
     aws_config = read_aws_config(environ)
     ctx = _Context(settings, environ, profile, DaemonClient(settings), aws_config)
     _check_daemon(ctx)
@@ -120,6 +123,8 @@ def diagnose(settings: Settings, environ: Mapping[str, str], profile: str | None
     _check_tokens(ctx, served)
     _check_shadowing(ctx)
     _check_profiles(ctx, served)
+    if port80:
+        _check_port80(ctx)
     return ctx.findings
 
 
@@ -173,6 +178,7 @@ def _check_daemon(ctx: _Context) -> None:
         f"(pid {status.pid if status.pid is not None else '?'}) "
         f"and accepts the token in {ctx.settings.token_file}"
     )
+    _check_caller_identity(ctx, status)
     if status.config_error is not None:
         config_error = status.config_error
         ctx.problem(
@@ -185,6 +191,23 @@ def _check_daemon(ctx: _Context) -> None:
             f"the daemon cannot read its own settings: {status.settings_error}",
             "it keeps running with the previous settings",
             "fix the file, then run: rolebroker reload",
+        )
+
+
+def _check_caller_identity(ctx: _Context, status: StatusDoc) -> None:
+    audit = f" in {status.audit_file}" if status.audit_file else ""
+    if status.caller_identity == "unavailable":
+        ctx.note(
+            "the daemon cannot tell who calls (no netlink sock_diag or /proc/net/tcp on this system)",
+            "the ForeignUser check is skipped: another local user holding the token or a grant is "
+            f"served; the audit log{audit} has no uid, pid or program; tokenless mode serves nobody",
+            "Linux with /proc is needed for caller identity (macOS: not yet supported)",
+        )
+    elif status.caller_identity is not None:
+        ctx.ok(
+            f"the daemon knows who calls ({status.caller_identity}): other users are refused "
+            f"(ForeignUser), and every credential request is audited with its process{audit} "
+            "(rolebroker audit)"
         )
 
 
@@ -353,13 +376,82 @@ def _check_tokens(ctx: _Context, served: str | None) -> None:
             continue
         if ctx.daemon_token is not None and token_matches(ctx.daemon_token, token.strip()):
             continue
-        reply = _get(ctx, "/status", token.strip())
-        if reply is not None and reply.status in (401, 403):
-            ctx.problem(
-                f"the token in {name} is not the daemon's",
-                "rolebroker refuses every request with it (InvalidToken)",
-                ctx.env_fix(served),
-            )
+        _check_presented_token(ctx, name, token.strip(), served)
+
+
+def _check_presented_token(ctx: _Context, name: str, token: str, served: str | None) -> None:
+    """A token that is not the token file's may be a grant (``rolebroker env`` exports one):
+    ask the daemon what it is (GET /grants/self) rather than compare strings."""
+    reply = _get(ctx, "/grants/self", token)
+    if reply is None:
+        return
+    if reply.status == 404 and error_of(reply).code == "NotFound":  # a daemon without grants
+        reply = _get(ctx, "/status", token)
+        if reply is None or reply.status == 200:
+            return
+    if reply.status == 200:
+        body = reply.json_object() or {}
+        if body.get("master") is not True:
+            _report_grant(ctx, name, body, served)
+        return
+    error = error_of(reply)
+    if error.code in ("GrantExpired", "GrantRevoked"):
+        ctx.problem(
+            f"the grant in {name} has {'expired' if error.code == 'GrantExpired' else 'been revoked'}",
+            f"rolebroker refuses every request with it ({error.code})",
+            ctx.env_fix(served),
+        )
+    elif reply.status in (401, 403):
+        ctx.problem(
+            f"the token in {name} is not the daemon's, nor a grant it knows",
+            f"rolebroker refuses every request with it ({error.code})",
+            ctx.env_fix(served),
+        )
+
+
+def _report_grant(ctx: _Context, name: str, grant: Mapping[str, object], served: str | None) -> None:
+    label = grant.get("name") or grant.get("id") or "?"
+    raw = grant.get("profiles")
+    profiles = [str(p) for p in raw] if isinstance(raw, list) else []
+    expires = grant.get("expires_at")
+    if isinstance(expires, str):
+        left = _left(expires)
+        until = f"expires at {expires} ({left})" if left else f"expired at {expires}"
+    else:
+        until = "never expires (until revoked: rolebroker grant --revoke NAME)"
+    ctx.ok(f"{name} holds grant {label!r} for {', '.join(profiles) or 'no profile'}; it {until}")
+    if served and served not in profiles:
+        ctx.problem(
+            f"grant {label!r} does not cover profile {served!r}, which {FULL_URI} asks for",
+            "rolebroker refuses SDKs here (GrantScope)",
+            ctx.env_fix(served),
+        )
+    elif served == "" and profiles:
+        ctx.note(
+            f"{FULL_URI} ends in /creds: with this grant the daemon serves its first profile, {profiles[0]!r}"
+        )
+    if isinstance(expires, str) and _left(expires) and _seconds_left(expires) < 600:
+        ctx.note(
+            f"grant {label!r} expires in under 10 minutes",
+            "SDKs in this environment are refused after that (GrantExpired)",
+            ctx.env_fix(served),
+        )
+
+
+def _seconds_left(stamp: str) -> float:
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.time()
+    except ValueError:
+        return 0.0
+
+
+def _left(stamp: str) -> str:
+    """``in 1h20m`` for a time ahead, empty when it has passed."""
+    seconds = int(_seconds_left(stamp))
+    if seconds <= 0:
+        return ""
+    hours, rest = divmod(seconds, 3600)
+    return f"in {hours}h{rest // 60:02d}m" if hours else f"in {max(1, rest // 60)} min"
 
 
 def _check_shadowing(ctx: _Context) -> None:
@@ -518,6 +610,71 @@ def _get(ctx: _Context, path: str, token: str, *, timeout: float = 10.0) -> Repl
         ctx.problem(exc.summary, "the daemon stopped answering during the checks", exc.hint)
         ctx.reachable = False
         return None
+
+
+# -- rolebroker port80 and tokenless mode (doctor --port80) -------------------------------
+
+
+def _check_port80(ctx: _Context) -> None:
+    """By behaviour, so no root is needed: a tokenless request from this user, first to the
+    daemon's own port (is tokenless mode on?), then to port 80 of both loopback addresses
+    (does the redirect reach this daemon, with the caller's identity intact?)."""
+    if not ctx.reachable or ctx.daemon_token is None:
+        return
+    from rolebroker.cli import port80_setup as port80
+
+    port = ctx.settings.port
+    line = port80.TOKENLESS_LINE
+    direct = port80.probe(ctx.daemon_token, CLIENT_HOST, port, port=port)
+    tokenless = direct.verdict == "tokenless"
+    if tokenless:
+        ctx.ok(
+            f"tokenless mode is on ({line}): your own processes get credentials without a token; "
+            "other users' connections are refused by uid"
+        )
+    elif direct.verdict == "token-required":
+        ctx.problem(
+            "tokenless mode is off: `curl http://localhost/creds/PROFILE` without a token gets 401 "
+            "MissingToken",
+            "port 80 needs it: curl sends no token (and any same-user process could then fetch "
+            "credentials, which is why it is opt-in: README, Security)",
+            f"add `{line}` to {ctx.settings.config_file or 'config.toml'}, then: rolebroker reload",
+        )
+    else:
+        ctx.problem(
+            f"a tokenless request to the daemon gave an unexpected answer ({direct.verdict} {direct.detail})",
+            "",
+            "see the daemon's log",
+        )
+    for found in port80.probe_all(ctx.daemon_token, port):
+        where = f"[{found.host}]:80" if ":" in found.host else f"{found.host}:80"
+        if found.verdict in ("tokenless", "token-required"):
+            how = "and serves you without a token" if found.verdict == "tokenless" else "(a token is needed)"
+            ctx.ok(f"{where} reaches your daemon through the port80 redirect {how}")
+        elif found.verdict == "refused":
+            ctx.problem(
+                f"{where}: no redirect and nothing listening",
+                "`curl localhost/creds/PROFILE` fails to connect",
+                "rolebroker port80 --apply",
+            )
+        elif found.verdict == "foreign":
+            ctx.problem(
+                f"{where} reaches your daemon through a relay that hides who calls (ForeignUser)",
+                "the old rolebroker-http relay units connect as their own user, so the daemon cannot "
+                "tell you from anyone else; tokenless mode cannot work through them",
+                "sudo systemctl disable --now rolebroker-http.socket rolebroker-http.service; "
+                "then: rolebroker port80 --apply",
+            )
+        elif found.verdict == "not-rolebroker":
+            ctx.problem(
+                f"something that is not your rolebroker answers on {where} ({found.detail})",
+                "another server holds port 80, or a redirect points elsewhere",
+                "stop it (ss -ltnp 'sport = :80' shows it), then: rolebroker port80 --apply",
+            )
+        elif ":" in found.host:
+            ctx.note(f"{where}: {found.detail or 'no answer'} (no IPv6 loopback here?)")
+        else:
+            ctx.problem(f"{where}: {found.detail or 'no answer'}", "", "rolebroker port80 --apply")
 
 
 # -- output ------------------------------------------------------------------------------

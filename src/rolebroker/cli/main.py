@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from rolebroker import __version__
-from rolebroker.cli import admin, helptopic, serve, shell
+from rolebroker.cli import admin, audit, grants, helptopic, port80, serve, shell
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,15 @@ def cli() -> None:
     AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
 
 
-for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS, helptopic.help_command):
+for _command in (
+    *serve.COMMANDS,
+    *shell.COMMANDS,
+    *grants.COMMANDS,
+    *admin.COMMANDS,
+    *audit.COMMANDS,
+    *port80.COMMANDS,
+    helptopic.help_command,
+):
     cli.add_command(_command)
 
 

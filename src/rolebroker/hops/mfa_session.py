@@ -15,8 +15,8 @@ import botocore.exceptions
 from rolebroker.credentials import Credentials
 from rolebroker.errors import BrokerError, MfaCodeRejected, MfaNeedsLongTermKeys, MfaRequired
 from rolebroker.hops.base import Attempts, Hop
-from rolebroker.hops.redact import redact
 from rolebroker.hops.sts import StsClients, issued_credentials, translate_sts_error
+from rolebroker.redact import redact
 
 DEFAULT_MFA_SESSION_SECONDS = 12 * 3600
 MIN_MFA_SESSION_SECONDS = 900

@@ -24,7 +24,7 @@ from rolebroker.errors import (
     UpstreamCredentialsExpired,
 )
 from rolebroker.hops.base import Hop
-from rolebroker.hops.redact import redact
+from rolebroker.redact import redact
 
 log = logging.getLogger("rolebroker")
 

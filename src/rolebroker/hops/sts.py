@@ -26,7 +26,7 @@ from rolebroker.errors import (
     StsUnavailable,
 )
 from rolebroker.hops.base import Attempts
-from rolebroker.hops.redact import redact
+from rolebroker.redact import redact
 
 log = logging.getLogger("rolebroker")
 

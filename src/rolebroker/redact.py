@@ -2,7 +2,9 @@
 
 A proxy or a broken endpoint may echo the request back, Authorization header and session
 token included, and a credential_process may print anything: such text is redacted and
-bounded before it reaches a client, /status or a log.
+bounded before it reaches a client, /status or a log. The audit log scrubs what callers
+show (command lines, user agents) with it too. Light on purpose (``re`` only): the hops and
+the audit writer share it, and neither pulls the other in.
 """
 
 from __future__ import annotations
