@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 
 from rolebroker import __version__
-from rolebroker.cli import admin, serve, shell
+from rolebroker.cli import admin, docker, serve, shell
+from rolebroker.cli.containers import containers_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,7 @@ def cli() -> None:
     AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
 
 
-for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS):
+for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS, *docker.COMMANDS, containers_group):
     cli.add_command(_command)
 
 
