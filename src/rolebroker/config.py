@@ -36,6 +36,9 @@ class Settings:
     token_file: Path = field(default_factory=lambda: default_token_file(os.environ))
     default_profile: str = "default"
     log_level: str = "info"
+    same_user_without_token: bool = False
+    """Serve credential requests without Authorization when the kernel says the caller is
+    the daemon's own user (credential routes only; never admin routes)."""
     config_file: Path | None = None
     """The rolebroker config file that was read, if any (for reload and messages)."""
     container_port: int = DEFAULT_CONTAINER_PORT
@@ -96,6 +99,18 @@ def _to_container_mode(value: Any) -> str:
     return mode
 
 
+def _to_bool(value: Any) -> bool:
+    """TOML booleans, and the usual spellings in the environment."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _to_seconds(value: Any) -> float:
     seconds = float(value)
     if seconds < 0 or seconds != seconds:
@@ -111,6 +126,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "request_timeout": _to_seconds,
     "token_file": lambda v: Path(os.path.expanduser(str(v))),
     "log_level": lambda v: str(v).lower(),
+    "same_user_without_token": _to_bool,
     "container_port": _to_container_port,
     "containers": _to_container_mode,
 }
@@ -178,7 +194,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 # -- reload ----------------------------------------------------------------------------
 
-LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level")
+LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level", "same_user_without_token")
 RESTART_SETTINGS = ("host", "port", "token_file", "container_port", "containers")
 
 

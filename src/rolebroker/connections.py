@@ -23,6 +23,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from rolebroker.callers import CALLER_EXTENSION, PeerLookup
 from rolebroker.errors import BadRequest, BrokerError, HeadersTooLarge, RequestTimeout, ServerBusy
 from rolebroker.limits import KEEP_ALIVE, MAX_HEADER_BYTES, REQUEST_TIMEOUT, ConnectionBudget
 from rolebroker.logs import LogThrottle
@@ -166,6 +167,18 @@ class GuardedProtocol(H11Protocol):
             self._answer(ServerBusy("too many open connections; retry in a second"))
             return
         self._arm()
+        # Who is on the other end, looked up once per connection in a worker thread; the app
+        # awaits it only for requests that need it (see callers.py).
+        caller = PeerLookup.start(
+            self.loop, transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        )
+        inner = self.app
+
+        async def with_caller(scope: Any, receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})[CALLER_EXTENSION] = caller
+            await inner(scope, receive, send)
+
+        self.app = with_caller
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -72,9 +72,12 @@ def run_daemon(
     same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
     next start and ``discovery_path`` tells the CLI where the daemon is: both None for
     throw-away daemons such as the demo's, which must not pose as the user's daemon."""
+    from rolebroker.audit import AuditLog, default_audit_file
     from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
     from rolebroker.broker import Broker
+    from rolebroker.callers import identity_method
     from rolebroker.connections import connection_limits
+    from rolebroker.grants import GrantStore, default_grants_file
     from rolebroker.limits import raise_file_limit
     from rolebroker.server import create_app
 
@@ -102,7 +105,24 @@ def run_daemon(
     def on_startup() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
 
-    app = create_app(broker, token, on_startup=on_startup)
+    # The daemon's one GrantStore and AuditLog: every listener's app gets these instances.
+    grants = GrantStore(default_grants_file(os.environ), lambda: token.current)
+    audit = AuditLog(default_audit_file(os.environ), secrets=lambda: (token.current,))
+    audit.start()
+
+    async def on_shutdown() -> None:
+        await asyncio.to_thread(grants.flush)
+        await asyncio.to_thread(audit.close)
+
+    app = create_app(
+        broker,
+        token,
+        grants=grants,
+        audit=audit,
+        caller_identity=identity_method(),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+    )
     file_limit = raise_file_limit()
     config = uvicorn.Config(
         app,
@@ -116,12 +136,6 @@ def run_daemon(
         timeout_graceful_shutdown=5,
         **connection_limits(file_limit),
     )
-    from rolebroker.audit import AuditLog, default_audit_file
-    from rolebroker.grants import GrantStore, default_grants_file
-
-    grants = GrantStore(default_grants_file(os.environ), lambda: token.current)
-    audit = AuditLog(default_audit_file(os.environ), secrets=lambda: (token.current,))
-    audit.start()
     side = _container_server(settings, broker, token, grants, audit, file_limit)
 
     def unpublish() -> None:
@@ -145,7 +159,6 @@ def run_daemon(
         asyncio.run(main())
     finally:
         unpublish()
-        audit.close()
         for sock in [*listeners.sockets, *([side.sock] if side is not None else [])]:
             sock.close()
     if not server.started:

@@ -412,6 +412,32 @@ class InvalidGrantRequest(BrokerError):
     reached_upstream = False
 
 
+class GrantNotFound(BrokerError):
+    """404: no grant has that name or id (POST /grants/revoke). List them: rolebroker grants."""
+
+    status = 404
+    code = "GrantNotFound"
+    reached_upstream = False
+
+
+class MasterTokenRequired(BrokerError):
+    """403: a grant was sent to an admin route (/status, /reload, /mfa, /token/rotate,
+    /grants): those take only the master token from the token file."""
+
+    status = 403
+    code = "MasterTokenRequired"
+    reached_upstream = False
+
+
+class ForeignUser(BrokerError):
+    """403: the connection comes from another user than the daemon's (the kernel says so),
+    whatever token it sends. Run your own daemon: each user has one."""
+
+    status = 403
+    code = "ForeignUser"
+    reached_upstream = False
+
+
 # -- the container listener (169.254.170.2, container_server.py) ---------------------------
 
 

@@ -165,6 +165,10 @@ class GrantStore:
         """Why the grants file could not be read, for the log and /status; None when fine."""
         self._load()
 
+    def now(self) -> float:
+        """The store's clock (a grant's state depends on it)."""
+        return self._clock()
+
     # -- request path: memory only --------------------------------------------------------
 
     def verify(self, header: str | None) -> Grant:

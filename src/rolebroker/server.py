@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,33 +17,38 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rolebroker.access import MASTER, Access, Principal, Route, route_of
+from rolebroker.audit import AuditLog
 from rolebroker.authtoken import TokenStore, listener_proof, parse_nonce
 from rolebroker.broker import Broker
+from rolebroker.callers import caller_of
 from rolebroker.connections import quiet_loop_errors
 from rolebroker.errors import (
     BadRequest,
     BrokerError,
     ConfigFileError,
     ForbiddenHost,
+    GrantNotFound,
     InternalError,
+    InvalidGrantRequest,
     InvalidMfaCode,
     InvalidNonce,
-    InvalidToken,
     MethodNotAllowed,
-    MissingToken,
     NotFound,
     PayloadTooLarge,
     ProfileNotFound,
     TokenRotateFailed,
 )
+from rolebroker.grants import Grant, GrantStore
 from rolebroker.httpdate import HttpDate
+from rolebroker.identity import CallerIdentity
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
 from rolebroker.mfacode import valid_code
+from rolebroker.statusdoc import StatusDoc
 
 log = logging.getLogger("rolebroker")
 
-OPEN_PATHS = frozenset({"/healthz", "/proof"})
 ALLOWED_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -61,25 +68,48 @@ def host_allowed(host_header: str | None) -> bool:
     return name in ALLOWED_HOSTS and (port == "" or port.isdigit())
 
 
+@dataclass(slots=True)
+class RequestContext:
+    """What the Guard learnt about one request, for the route and the audit line. Shared by
+    reference through the ASGI scope (``scope[REQUEST_KEY]``)."""
+
+    principal: Principal = MASTER
+    profile: str | None = None
+    error: BrokerError | None = None
+
+
+REQUEST_KEY = "rolebroker.request"
+
+
+def context_of(request: Request) -> RequestContext:
+    found = request.scope.get(REQUEST_KEY)
+    return found if isinstance(found, RequestContext) else RequestContext()
+
+
 class Guard:
-    """Host check, token check and body limit before any routing, as a plain ASGI layer so
-    that the warm path pays for no dependency injection. Refusals are logged once per kind
-    and minute: a flood of bad requests leaves a few lines, not one per request."""
+    """Host check, caller check, token or grant check and body limit before any routing, as a
+    plain ASGI layer so that the warm path pays for no dependency injection. Refusals are
+    logged once per kind and minute: a flood of bad requests leaves a few lines, not one per
+    request. Every credential request, served or refused, gets one audit line."""
 
     def __init__(
         self,
         app: ASGIApp,
-        token: TokenStore,
+        access: Access,
         refusals: LogThrottle,
         *,
+        default_profile: Callable[[], str] = lambda: "default",
         warm: Callable[[str], bytes | None] | None = None,
+        role_arn: Callable[[str], str | None] = lambda _profile: None,
         date: Callable[[], bytes] | None = None,
     ) -> None:
         self._app = app
-        self._token = token
+        self._access = access
         self._refusals = refusals
+        self._default_profile = default_profile
         self._warm = warm
-        """Path to pre-serialised warm credentials, or None: the fast path of GET /creds."""
+        """Profile to pre-serialised warm credentials, or None: the fast path of GET /creds."""
+        self._role_arn = role_arn
         self._date = date or HttpDate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,7 +117,7 @@ class Guard:
             await self._app(scope, receive, send)
             return
         hosts: list[str] = []
-        authorization = length = None
+        authorization = length = agent = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"host":
@@ -98,27 +128,83 @@ class Guard:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
-        error = self._refusal(hosts, authorization, scope["path"]) or _oversized(length)
+            elif name == b"user-agent":
+                agent = value.decode("latin-1")
+        path: str = scope["path"]
+        route = route_of(path)
+        body_pending = chunked or (length is not None and length != b"0")
+        error = _host_refusal(hosts) or _oversized(length)
         if error is not None:
-            self._refusals.log(
-                logging.WARNING,
-                error.code,
-                "refused %s %r code=%s",
-                scope["method"],
-                scope["path"][:100],
-                error.code,
-            )
-            body_pending = chunked or (length is not None and length != b"0")
-            await send_error(self._dated(send), error, close=body_pending)
+            await self._refuse(send, scope, error, body_pending)
             return
+        context = RequestContext()
+        caller = None
+        if path != "/healthz":
+            lookup = caller_of(scope)
+            caller = await lookup.get() if lookup is not None else None
+            try:
+                self._access.check_user(caller)
+                if route is not Route.OPEN:
+                    context.principal = self._access.authenticate(authorization, route, caller)
+                if route is Route.CREDS:
+                    context.profile = self._access.profile_for(
+                        path, context.principal, self._default_profile()
+                    )
+                    self._access.check_scope(context.principal, context.profile)
+            except BrokerError as refusal:
+                if route is Route.CREDS:
+                    shown = context.profile or (path[7:] if path.startswith("/creds/") else path)
+                    self._access.refused(shown, refusal, context.principal, caller, agent)
+                await self._refuse(send, scope, refusal, body_pending)
+                return
         if chunked or length:
             receive = _limited(receive, MAX_BODY_BYTES)
-        elif self._warm is not None and scope["method"] == "GET":
-            body = self._warm(scope["path"])
+        elif self._warm is not None and context.profile is not None and scope["method"] == "GET":
+            body = self._warm(context.profile)
             if body is not None:
                 await _send_warm(send, body, self._date())
+                self._served(context, caller, agent)
                 return
-        await self._app(scope, receive, self._dated(send))
+        scope[REQUEST_KEY] = context
+        if context.profile is None:
+            await self._app(scope, receive, self._dated(send))
+            return
+        status = 0
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, self._dated(observed))
+        finally:
+            if status == 0:
+                pass  # the client left before any answer
+            elif status == 200:
+                self._served(context, caller, agent)
+            elif context.error is not None:
+                self._access.refused(context.profile, context.error, context.principal, caller, agent)
+            else:
+                self._access.record(
+                    context.profile, f"HTTP{status}", status, context.principal.label, caller, agent
+                )
+
+    def _served(self, context: RequestContext, caller: CallerIdentity | None, agent: str | None) -> None:
+        profile = context.profile or ""
+        self._access.served(profile, context.principal, caller, agent, self._role_arn(profile))
+
+    async def _refuse(self, send: Send, scope: Scope, error: BrokerError, body_pending: bool) -> None:
+        self._refusals.log(
+            logging.WARNING,
+            error.code,
+            "refused %s %r code=%s",
+            scope["method"],
+            scope["path"][:100],
+            error.code,
+        )
+        await send_error(self._dated(send), error, close=body_pending)
 
     def _dated(self, send: Send) -> Send:
         """Every response carries a Date header (uvicorn's own is off: daemon.py)."""
@@ -130,29 +216,13 @@ class Guard:
 
         return dated
 
-    def _refusal(self, hosts: list[str], authorization: str | None, path: str) -> BrokerError | None:
-        if len(hosts) > 1:
-            return ForbiddenHost("send exactly one Host header: 127.0.0.1, localhost or [::1]")
-        if not host_allowed(hosts[0] if hosts else None):
-            return ForbiddenHost("requests must use Host 127.0.0.1, localhost or [::1]")
-        if path in OPEN_PATHS:
-            return None
-        if authorization is None:
-            return MissingToken(
-                "send the token in the Authorization header; set AWS_CONTAINER_AUTHORIZATION_TOKEN "
-                '(run: eval "$(rolebroker env PROFILE)")'
-            )
-        if self._token.matches(authorization):
-            return None
-        if authorization[:7].lower() == "bearer ":
-            return InvalidToken(
-                "the Authorization header carries the raw token, without 'Bearer ': send "
-                'Authorization: <token> (run: eval "$(rolebroker env PROFILE)")'
-            )
-        return InvalidToken(
-            "the Authorization header does not match the daemon's token; re-export it "
-            '(run: eval "$(rolebroker env PROFILE)")'
-        )
+
+def _host_refusal(hosts: list[str]) -> BrokerError | None:
+    if len(hosts) > 1:
+        return ForbiddenHost("send exactly one Host header: 127.0.0.1, localhost or [::1]")
+    if not host_allowed(hosts[0] if hosts else None):
+        return ForbiddenHost("requests must use Host 127.0.0.1, localhost or [::1]")
+    return None
 
 
 async def _send_warm(send: Send, body: bytes, date: bytes) -> None:
@@ -212,8 +282,27 @@ def code_from_body(raw: bytes) -> str:
     return code
 
 
-def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], None] | None = None) -> ASGIApp:
+def create_app(
+    broker: Broker,
+    token: TokenStore,
+    *,
+    grants: GrantStore | None = None,
+    audit: AuditLog | None = None,
+    caller_identity: str = "unavailable",
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> ASGIApp:
+    """``grants`` and ``audit`` are the daemon's one GrantStore and AuditLog (daemon.py owns
+    their lifecycle through ``on_startup``/``on_shutdown``); without ``grants`` only the
+    master token is accepted and the grant routes answer NotFound."""
     refusals = LogThrottle(log)
+    access = Access(
+        token,
+        grants,
+        audit,
+        same_user_without_token=lambda: broker.settings.same_user_without_token,
+        identity=caller_identity,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -225,6 +314,9 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
             yield
         finally:
             await broker.stop()
+            await access.aclose()
+            if on_shutdown is not None:
+                await on_shutdown()
 
     app = FastAPI(
         title="rolebroker",
@@ -263,8 +355,8 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         return JSONResponse({"rotated": True, "token_file": str(token.path)}, headers=NO_STORE)
 
     @app.get("/creds")
-    async def default_creds() -> Response:
-        return await _serve(broker.settings.default_profile)
+    async def default_creds(request: Request) -> Response:
+        return await _serve(context_of(request).profile or broker.settings.default_profile)
 
     @app.get("/creds/{profile}")
     async def profile_creds(profile: str) -> Response:
@@ -276,7 +368,10 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
 
     @app.get("/status")
     async def status() -> Response:
-        return JSONResponse(broker.status().to_json(), headers=NO_STORE)
+        return JSONResponse(_with_access(broker.status(), access).to_json(), headers=NO_STORE)
+
+    if grants is not None:
+        _grant_routes(app, broker, grants)
 
     @app.post("/reload")
     async def reload() -> Response:
@@ -293,6 +388,7 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
 
     @app.exception_handler(BrokerError)
     async def broker_error(request: Request, exc: BrokerError) -> Response:
+        context_of(request).error = exc
         if isinstance(exc, ProfileNotFound):
             name = str(request.path_params.get("profile", request.url.path))
             refusals.log(logging.WARNING, exc.code, "refused request code=%s profile=%r", exc.code, name[:80])
@@ -317,18 +413,137 @@ def create_app(broker: Broker, token: TokenStore, *, on_startup: Callable[[], No
         log.error("internal error: %s", type(exc).__name__, exc_info=exc)
         return _error_response(InternalError("internal error; see the daemon log"))
 
-    def warm(path: str) -> bytes | None:
+    def warm(profile: str) -> bytes | None:
         """GET /creds/{profile} and GET /creds when the answer is warm; None sends the
         request through FastAPI, so every other case (and every error) keeps one path."""
-        if path == "/creds":
-            return broker.warm_body(broker.settings.default_profile)
-        if path.startswith("/creds/"):
-            profile = path[7:]
-            if profile and "/" not in profile:
-                return broker.warm_body(profile)
+        if profile and "/" not in profile:
+            return broker.warm_body(profile)
         return None
 
-    return Guard(app, token, refusals, warm=warm)
+    def role_arn(profile: str) -> str | None:
+        try:
+            return getattr(broker.hop(profile), "role_arn", None)
+        except BrokerError:
+            return None
+
+    return Guard(
+        app,
+        access,
+        refusals,
+        default_profile=lambda: broker.settings.default_profile,
+        warm=warm,
+        role_arn=role_arn,
+    )
+
+
+def _with_access(doc: StatusDoc, access: Access) -> StatusDoc:
+    """The status document with what the Guard knows: files, caller identity, last callers."""
+    return replace(
+        doc,
+        audit_file=str(access.audit.path) if access.audit is not None else None,
+        grants_file=str(access.grants.path) if access.grants is not None else None,
+        caller_identity=access.identity,
+        profiles=tuple(replace(row, last_caller=access.last_callers.get(row.name)) for row in doc.profiles),
+    )
+
+
+def _grant_routes(app: FastAPI, broker: Broker, grants: GrantStore) -> None:
+    """POST/GET /grants, POST /grants/revoke (master token only) and GET /grants/self."""
+
+    @app.post("/grants")
+    async def create_grant(request: Request) -> Response:
+        profiles, ttl, name = _grant_request(await request.body())
+        for profile in profiles:
+            _known_profile(broker, profile)
+        grant, secret = await asyncio.to_thread(grants.create, profiles, ttl, name)
+        log.info("grant %r created for %s", grant.name, ", ".join(grant.profiles))
+        body = {**_grant_json(grant, None, now=grants.now()), "grant": secret}
+        body.pop("last_used", None)
+        body.pop("state", None)
+        return JSONResponse(body, status_code=201, headers=NO_STORE)
+
+    @app.get("/grants")
+    async def list_grants() -> Response:
+        now = grants.now()
+        rows = [_grant_json(grant, used, now=now) for grant, used in grants.list()]
+        return JSONResponse({"grants": rows}, headers=NO_STORE)
+
+    @app.post("/grants/revoke")
+    async def revoke_grants(request: Request) -> Response:
+        body = _json_object(await request.body())
+        if body.get("all") is True:
+            live = [g.name for g, _ in grants.list() if not g.revoked]
+            await asyncio.to_thread(grants.revoke_all)
+            log.info("every grant revoked (%d)", len(live))
+            return JSONResponse({"revoked": live}, headers=NO_STORE)
+        name = body.get("name")
+        if not isinstance(name, str) or not name or len(name) > 128:
+            raise InvalidGrantRequest('send {"name": "NAME"} (a name or id) or {"all": true}')
+        hits = await asyncio.to_thread(grants.revoke, name)
+        if not hits:
+            if any(name in (g.id, g.name) for g, _ in grants.list()):
+                return JSONResponse({"revoked": []}, headers=NO_STORE)  # already revoked
+            raise GrantNotFound(f"no grant is named {name[:64]!r}; list them: rolebroker grants")
+        log.info("grant(s) revoked: %s", ", ".join(g.name for g in hits))
+        return JSONResponse({"revoked": [g.name for g in hits]}, headers=NO_STORE)
+
+    @app.get("/grants/self")
+    async def grant_self(request: Request) -> Response:
+        principal = context_of(request).principal
+        if principal.grant is None:
+            return JSONResponse({"master": True}, headers=NO_STORE)
+        used = dict((g.id, u) for g, u in grants.list()).get(principal.grant.id)
+        return JSONResponse(_grant_json(principal.grant, used, now=grants.now()), headers=NO_STORE)
+
+
+def _known_profile(broker: Broker, profile: str) -> None:
+    """ProfileNotFound for a name the AWS config lacks; a profile that exists but fails to
+    resolve may still get a grant (fixing the config then makes it work)."""
+    try:
+        broker.hop(profile)
+    except ProfileNotFound:
+        raise
+    except BrokerError:
+        pass
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise InvalidGrantRequest("send a JSON object")
+    return body
+
+
+def _grant_request(raw: bytes) -> tuple[list[str], float | None, str | None]:
+    body = _json_object(raw)
+    profiles, ttl, name = body.get("profiles"), body.get("ttl_seconds"), body.get("name")
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        raise InvalidGrantRequest(
+            'send {"profiles": ["PROFILE", ...], "ttl_seconds": N or null, "name": ...}'
+        )
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise InvalidGrantRequest("ttl_seconds is a number of seconds, or null for no expiry")
+    if name is not None and not isinstance(name, str):
+        raise InvalidGrantRequest("name is a string, or null for a generated one")
+    return profiles, None if ttl is None else float(ttl), name
+
+
+def _grant_json(grant: Grant, last_used: float | None, *, now: float) -> dict[str, Any]:
+    """A grant's metadata as the API shows it: never its string."""
+    full = grant.to_json(last_used)
+    state = "revoked" if grant.revoked else "expired" if grant.expired(now) else "active"
+    return {
+        "name": full["name"],
+        "id": full["id"],
+        "profiles": full["profiles"],
+        "created_at": full["created_at"],
+        "expires_at": full["expires_at"],
+        "last_used": full["last_used"],
+        "state": state,
+    }
 
 
 def _error_response(error: BrokerError) -> Response:

@@ -100,6 +100,31 @@ class MfaStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerInfo:
+    """Who last got a profile's credentials: process id and executable as the kernel showed
+    them, when (UTC), and the grant's name (None: the master token)."""
+
+    pid: int | None = None
+    exe: str | None = None
+    at: str | None = None
+    grant: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exe": self.exe, "at": self.at, "grant": self.grant}
+
+    @classmethod
+    def from_json(cls, value: Any) -> CallerInfo | None:
+        if not isinstance(value, Mapping):
+            return None
+        return cls(
+            pid=_int(value.get("pid")),
+            exe=_str(value.get("exe")),
+            at=_str(value.get("at")),
+            grant=_str(value.get("grant")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileStatus:
     """One profile's row; times are UTC ``YYYY-MM-DDTHH:MM:SSZ``."""
 
@@ -119,6 +144,7 @@ class ProfileStatus:
     last_error: ErrorInfo | None = None
     sts_calls: int = 0
     mfa: MfaStatus | None = None
+    last_caller: CallerInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -136,6 +162,7 @@ class ProfileStatus:
             "last_refresh": self.last_refresh,
             "last_error": self.last_error.to_json() if self.last_error else None,
             "sts_calls": self.sts_calls,
+            "last_caller": self.last_caller.to_json() if self.last_caller else None,
         }
         if self.mfa is not None:
             row.update(self.mfa.to_json())
@@ -160,6 +187,7 @@ class ProfileStatus:
             last_error=ErrorInfo.from_json(row.get("last_error")),
             sts_calls=_int(row.get("sts_calls")) or 0,
             mfa=MfaStatus.from_json(row),
+            last_caller=CallerInfo.from_json(row.get("last_caller")),
         )
 
 
@@ -178,6 +206,11 @@ class StatusDoc:
     settings_error: str | None = None
     """Why rolebroker's own settings could not be re-read (the previous ones stay)."""
     sts_calls_total: int = 0
+    audit_file: str | None = None
+    grants_file: str | None = None
+    caller_identity: str | None = None
+    """``netlink``, ``proc`` or ``unavailable``: how the daemon learns who calls (with
+    ``unavailable`` it cannot refuse other users' connections by uid)."""
     profiles: tuple[ProfileStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -191,6 +224,9 @@ class StatusDoc:
             "config_error": self.config_error.to_json() if self.config_error else None,
             "settings_error": self.settings_error,
             "sts_calls_total": self.sts_calls_total,
+            "audit_file": self.audit_file,
+            "grants_file": self.grants_file,
+            "caller_identity": self.caller_identity,
             "profiles": [profile.to_json() for profile in self.profiles],
         }
 
@@ -208,6 +244,9 @@ class StatusDoc:
             config_error=ErrorInfo.from_json(body.get("config_error")),
             settings_error=_str(body.get("settings_error")) or None,
             sts_calls_total=_int(body.get("sts_calls_total")) or 0,
+            audit_file=_str(body.get("audit_file")),
+            grants_file=_str(body.get("grants_file")),
+            caller_identity=_str(body.get("caller_identity")),
             profiles=tuple(
                 ProfileStatus.from_json(_object(row))
                 for row in (profiles if isinstance(profiles, list) else [])
