@@ -202,7 +202,7 @@ def test_boto3_and_js_v3_in_a_container_get_the_granted_role(rig: Rig) -> None:
     assert boto.get("method") == "container-role", boto
     assert boto["Arn"].startswith("arn:aws:sts::111111111111:assumed-role/dev/"), boto
     require_node()
-    require_node_package("@aws-sdk/credential-provider-node")
+    require_node_package("@aws-sdk/client-sts")  # brings @aws-sdk/credential-provider-node
     js = rig.run_in(rig.net.container1, ["node", "container-creds-v3.mjs"], variables, cwd=CLIENTS_DIR)
     # The same cached credentials the loopback endpoint serves with the master token.
     assert js.get("AccessKeyId") == boto["AccessKeyId"] == loopback_key(rig, "dev"), (js, boto)
