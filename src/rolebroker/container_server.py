@@ -99,6 +99,14 @@ def _parse(scope: Scope) -> _Request:
     )
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What a request turned out to ask for, as far as it got."""
+
+    profile: str = ""
+    grant: Grant | None = None
+
+
 class ContainerApp:
     """The whole container listener as one plain ASGI callable: every check comes before
     any work, and every answer is the same JSON shape as the loopback endpoint's."""
@@ -123,24 +131,23 @@ class ContainerApp:
         if scope["type"] != "http":  # served with lifespan off: the loopback app owns the broker
             return
         request = _parse(scope)
-        profile, grant = "", None
+        seen = _Seen()
         try:
-            profile, grant = self._admit(request)
+            profile, grant = self._admit(request, seen)
             body = self._broker.warm_body(profile)
             if body is None:
                 credentials = await self._broker.credentials(profile)
                 body = json.dumps(credentials.to_ecs_json(), separators=(",", ":")).encode()
         except BrokerError as error:
-            self._refused(request, profile, grant, error)
+            self._refused(request, seen.profile, seen.grant, error)
             await send_error(self._dated(send), error, close=True)
             return
         except Exception as exc:  # never a traceback to a container
             log.error("container listener: internal error: %s", type(exc).__name__, exc_info=exc)
             internal = InternalError("internal error; see the daemon log")
-            self._refused(request, profile, grant, internal)
+            self._refused(request, seen.profile, seen.grant, internal)
             await send_error(self._dated(send), internal)
             return
-        assert grant is not None
         self._grants.touch(grant)
         self._record(request, profile, grant, "OK", 200)
         headers = [
@@ -152,9 +159,10 @@ class ContainerApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _admit(self, request: _Request) -> tuple[str, Grant | None]:
+    def _admit(self, request: _Request, seen: _Seen) -> tuple[str, Grant]:
         """(profile, grant) for a request this listener serves, else the refusal. The order
-        matters: source and Host before anything that looks at a credential."""
+        matters: source and Host before anything that looks at a credential. ``seen`` keeps
+        what was learnt before a refusal, for its audit line."""
         if not source_allowed(request.source):
             raise ForbiddenSource(
                 "the container listener serves local containers only; from this machine use "
@@ -170,6 +178,8 @@ class ContainerApp:
             )
         if request.method != "GET":
             raise MethodNotAllowed("the container listener answers GET only")
+        if not relative:
+            seen.profile = request.path[len("/creds/") :] if request.path != "/creds" else ""
         presented = request.path[len(RELATIVE_PREFIX) :] if relative else request.authorization
         if presented is None:
             raise MissingToken(
@@ -181,10 +191,11 @@ class ContainerApp:
                 "the container listener does not take the master token (it opens every profile and "
                 "the admin routes); " + _NEED_GRANT
             )
-        grant = self._grants.verify(presented)  # InvalidToken, GrantExpired, GrantRevoked
+        grant = seen.grant = self._grants.verify(presented)  # InvalidToken, GrantExpired, GrantRevoked
         if relative:
+            seen.profile = grant.profiles[0]
             return grant.profiles[0], grant
-        profile = request.path[len("/creds/") :] if request.path != "/creds" else grant.profiles[0]
+        profile = seen.profile = seen.profile if request.path != "/creds" else grant.profiles[0]
         if not profile or "/" in profile:
             raise NotFound("credentials are at GET /creds/PROFILE")
         self._grants.check_scope(grant, profile)  # GrantScope
