@@ -29,6 +29,7 @@ from tests.support.bridgenet import (
     Namespace,
     _die_with_parent,
     bridgenet,
+    fetch,
     namespace_problem,
 )
 from tests.support.ci import skip_or_fail
@@ -344,3 +345,39 @@ def test_nothing_is_left_behind() -> None:
     assert os.readlink("/proc/self/ns/net") == ns_before
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert holder.poll() is not None
+
+
+def test_without_the_address_the_daemon_says_so_and_serves_loopback(tmp_path: Path) -> None:
+    """``auto`` leaves the listener off with one line naming the set-up; ``on`` binds it with
+    IP_FREEBIND, so it answers as soon as the set-up adds the address, without a restart."""
+    if (problem := namespace_problem()) is not None:
+        skip_or_fail(problem)
+    home = AwsHome(tmp_path / "home")
+    home.write(CHAIN_CONFIG, CHAIN_CREDENTIALS)
+    ns = Namespace.create("solo")
+    daemons: list[ManagedProcess] = []
+    try:
+        argv = [sys.executable, "-m", "rolebroker", "serve", "--port", str(DAEMON_PORT)]
+        for mode in ("auto", "on"):
+            env = {**home.env(), "ROLEBROKER_CONTAINERS": mode}
+            daemon = ManagedProcess(ns.argv(*argv), env, cwd=home.root)
+            daemons.append(daemon)
+            wait_until(lambda d=daemon: "listening on" in d.output() or not d.running(), 20, "the daemon")
+            [health] = fetch(ns, {"url": f"http://127.0.0.1:{DAEMON_PORT}/healthz"})
+            assert health["status"] == 200, daemon.output()
+            lines = [
+                line for line in daemon.output().splitlines() if "rolebroker containers setup --apply" in line
+            ]
+            assert len(lines) == 1, daemon.output()
+            if mode == "auto":
+                assert "container listener off" in lines[0]
+                daemon.stop()
+        plan = containers.setup_plan(CONTAINER_PORT, link_kind="bridge", persist=False)
+        containers.apply(plan, ns.runner())
+        token = home.token_file.read_text()
+        [late] = fetch(ns, {"url": creds_url("dev"), "headers": {"Authorization": token}})
+        assert late["status"] == 403 and late["body"]["code"] == "MasterTokenOnContainerListener", late
+    finally:
+        for daemon in daemons:
+            daemon.cleanup()
+        ns.close()

@@ -155,6 +155,23 @@ def _env() -> dict[str, str]:
     }
 
 
+def fetch(ns: Namespace, *requests: dict[str, Any], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Requests from inside ``ns``, one process for all of them (see ``fetch_main``)."""
+    done = subprocess.run(
+        ns.argv(*python_argv("fetch", json.dumps(list(requests)), "--timeout", str(timeout))),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout * len(requests) + 20,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"fetch failed: {done.stderr[-500:]}")
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    return results
+
+
 @dataclass
 class Stub:
     """A recording HTTP server inside a namespace; :meth:`stop` returns what it saw."""
@@ -223,20 +240,7 @@ class BridgeNet:
         return result
 
     def fetch(self, ns: Namespace, *requests: dict[str, Any], timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Requests from inside ``ns``, one process for all of them (see ``fetch_main``)."""
-        done = subprocess.run(
-            ns.argv(*python_argv("fetch", json.dumps(list(requests)), "--timeout", str(timeout))),
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout * len(requests) + 20,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"fetch failed: {done.stderr[-500:]}")
-        results: list[dict[str, Any]] = json.loads(done.stdout)
-        return results
+        return fetch(ns, *requests, timeout=timeout)
 
     def close(self) -> None:
         for proc in self.processes:
