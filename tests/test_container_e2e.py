@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -170,12 +171,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             yield built
         finally:
             if built is not None:
-                built.daemon.stop()
+                code = built.daemon.stop()
                 output = built.daemon.output()
                 leaked = [f"{s[:4]}...({len(s)} chars)" for s in built.secrets() if s in output]
                 built.moto.cleanup()
                 built.daemon.cleanup()
                 assert not leaked, f"secrets in the daemon's output: {leaked}"
+                # SIGTERM stops both servers (the container listener first), never a SIGKILL.
+                assert code == -signal.SIGTERM and "rolebroker stopping" in output, (code, output[-1000:])
 
 
 def creds_url(profile: str) -> str:

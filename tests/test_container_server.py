@@ -6,19 +6,24 @@ the same with real sockets and real SDKs."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from rolebroker.audit import AuditLog
 from rolebroker.authtoken import TokenStore
 from rolebroker.broker import Broker
 from rolebroker.cli.docker import container_env, container_name, grant_name_for, run_argv
+from rolebroker.cli.main import cli
 from rolebroker.container_server import ADDRESS, ContainerApp, source_allowed
 from rolebroker.grants import GrantStore
+from tests.support.cli import cli_env, run_cli
+from tests.support.daemon import Daemon
 
 TOKEN = "m" * 43
 CONTAINER = "172.30.1.2"
@@ -226,3 +231,67 @@ def test_grant_names_follow_the_container() -> None:
     assert container_name(["--name=api", "img"]) == "api"
     assert container_name(["img", "--", "--name", "x"]) is None
     assert grant_name_for("Web App/1") == "docker:web-app-1"
+
+
+# -- the commands against the real daemon (loopback; a fake docker on PATH) ---------------------
+
+FAKE_DOCKER = """#!/bin/sh
+# Prints what `docker run` was given: its arguments, and the container variables it inherits.
+printf '%s\\n' "$@" > "$0.args"
+env | grep '^AWS_CONTAINER_' > "$0.env"
+exit 7
+"""
+
+
+def test_docker_run_execs_docker_with_a_grant_named_after_the_container(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    fake = tmp_path / "bin" / "podman"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_DOCKER)
+    fake.chmod(0o755)
+    env = cli_env(daemon, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    done = run_cli("docker", "run", "dev", "--podman", "--ttl", "1h", "--", "--name", "web", "img", env=env)
+    assert done.returncode == 7, done.stderr  # docker's own exit status: rolebroker exec'd it
+    assert "grant docker:web for dev" in done.stderr
+    args = Path(f"{fake}.args").read_text().splitlines()
+    assert args == [
+        "run",
+        "--env",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "--env",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "--env",
+        "AWS_REGION",
+        "--env",
+        "AWS_DEFAULT_REGION",
+        "--name",
+        "web",
+        "img",
+    ]
+    inherited = dict(line.split("=", 1) for line in Path(f"{fake}.env").read_text().splitlines())
+    assert inherited["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == f"http://{ADDRESS}/creds/dev"
+    grant = inherited["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    assert grant.startswith("rbg1.") and grant != daemon.token
+    # The grant is the daemon's: it opens dev (here on loopback) and nothing else.
+    assert daemon.get("/creds/dev", token=grant).status_code == 200
+    assert daemon.get("/creds/prod", token=grant).json()["code"] == "GrantScope"
+    listed = daemon.get("/grants").json()["grants"]
+    assert [(g["name"], g["profiles"]) for g in listed] == [("docker:web", ["dev"])]
+    assert listed[0]["expires_at"] is not None
+
+
+def test_docker_env_refuses_an_unknown_profile_and_a_bad_ttl(daemon: Daemon) -> None:
+    env = cli_env(daemon)
+    unknown = run_cli("docker-env", "nope", env=env)
+    assert unknown.returncode == 1 and "ProfileNotFound" in unknown.stderr
+    bad = run_cli("docker-env", "dev", "--ttl", "soon", env=env)
+    assert bad.returncode == 2 and "--ttl" in bad.stderr
+    assert daemon.get("/grants").json()["grants"] == []
+
+
+def test_containers_and_doctor_containers_are_registered() -> None:
+    runner = CliRunner()
+    plan = runner.invoke(cli, ["containers", "setup", "--port", "10123"])
+    assert plan.exit_code == 0 and f"dnat ip to {ADDRESS}:10123" in plan.output
+    assert "--containers" in runner.invoke(cli, ["doctor", "--help"]).output
