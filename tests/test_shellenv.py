@@ -306,10 +306,20 @@ def test_env_with_token_file_exports_only_the_file(daemon: Daemon, tmp_path: Pat
         "export AWS_CONTAINER_AUTHORIZATION_TOKEN=from-an-earlier-env; "
         'eval "$(rolebroker env dev --export-token-file)"; '
         'echo "token=${AWS_CONTAINER_AUTHORIZATION_TOKEN-unset}"; '
-        '[ "$(cat "$AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")" = "$(rolebroker token)" ] && echo same'
+        'echo "file=$AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"'
     )
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert result.stdout.split() == ["token=unset", "same"], result.stderr[-2000:]
+    token_line, file_line = result.stdout.split()
+    assert token_line == "token=unset", result.stderr[-2000:]
+    # The file holds a grant for dev alone (never the master token), private to the user.
+    path = Path(file_line.removeprefix("file="))
+    assert path.parent == daemon.home.root / "run" / "rolebroker" / "grants"
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    grant = path.read_text()
+    daemon.served_secrets.add(grant)
+    assert grant.startswith("rbg1.") and grant != daemon.token
+    assert daemon.get("/creds/dev", token=grant).status_code == 200
+    assert daemon.get("/creds/prod", token=grant).json()["code"] == "GrantScope"
 
 
 def test_env_refuses_an_unknown_profile_and_prints_nothing(daemon: Daemon) -> None:

@@ -3,6 +3,8 @@ it was served so tests can prove none of them leaked into the daemon's output.""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from rolebroker.grants import grant_string
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.waiting import wait_until
 
@@ -157,6 +160,37 @@ class Daemon:
         if response.status_code == 200 and path_is_creds(response.request.url.path):
             body = response.json()
             self.served_secrets.update({body["SecretAccessKey"], body["Token"]})
+        if response.status_code == 201 and response.request.url.path == "/grants":
+            self.served_secrets.add(response.json()["grant"])
+
+    def post(self, path: str, body: Mapping[str, object], *, token: str = "") -> httpx.Response:
+        """POST a JSON body with the daemon's token (or ``token``)."""
+        sent = {"Authorization": token or self.token}
+        response = httpx.post(self.base_url + path, json=body, headers=sent, timeout=15.0)
+        self.remember(response)
+        return response
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.root / "state" / "rolebroker"
+
+    def grant_strings(self) -> set[str]:
+        """Every grant in the daemon's grants file, as its string (recomputed from the token
+        like the daemon does): each counts as a secret, whoever created it (CLI or test)."""
+        try:
+            data = json.loads((self.state_dir / "grants.json").read_text())
+            token = self.home.token_file.read_text()
+        except (OSError, ValueError):
+            return set()
+        return {grant_string(token, g["id"]) for g in data.get("grants", []) if isinstance(g, dict)}
+
+    def files_text(self) -> str:
+        """The daemon's own files a secret must never reach: audit log and grants file."""
+        texts = []
+        for path in [*sorted(self.state_dir.glob("audit.jsonl*")), self.state_dir / "grants.json"]:
+            with contextlib.suppress(OSError):
+                texts.append(path.read_text(errors="replace"))
+        return "\n".join(texts)
 
     def client_env(self, profile: str, region: str = "us-east-1") -> dict[str, str]:
         """The only variables a client process gets: endpoint, token, region."""
@@ -181,14 +215,15 @@ class Daemon:
         return text
 
     def secrets(self) -> set[str]:
-        found = set(self.served_secrets) | {BASE_SECRET}
+        found = set(self.served_secrets) | {BASE_SECRET} | self.grant_strings()
         if self.home.token_file.exists():
             found.add(self.home.token_file.read_text())
         return {s for s in found if s}
 
     def leaked(self, text: str | None = None) -> list[str]:
-        """Which known secrets appear in ``text`` (default: the daemon's output); masked."""
-        haystack = self.output() if text is None else text
+        """Which known secrets appear in ``text`` (default: the daemon's output, its audit
+        log and grants file); masked."""
+        haystack = self.output() + self.files_text() if text is None else text
         return [f"{s[:4]}...({len(s)} chars)" for s in self.secrets() if s in haystack]
 
     def stop(self) -> None:

@@ -184,6 +184,24 @@ class DaemonClient:
         timeout = self.settings.request_timeout + 30
         return self.checked("POST", path, json_body={"code": code}, timeout=timeout).json_object() or {}
 
+    # -- grants ------------------------------------------------------------------------
+
+    def create_grant(self, profiles: list[str], ttl: float | None, name: str | None) -> dict[str, Any]:
+        """POST /grants: the reply carries the grant string (shown once)."""
+        body = {"profiles": profiles, "ttl_seconds": ttl, "name": name}
+        return self.checked("POST", "/grants", json_body=body).json_object() or {}
+
+    def grants(self) -> list[dict[str, Any]]:
+        """GET /grants: metadata only, never a grant string."""
+        rows = (self.checked("GET", "/grants").json_object() or {}).get("grants")
+        return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+    def revoke_grants(self, name: str | None = None) -> list[str]:
+        """POST /grants/revoke: one name (or id), or every grant when ``name`` is None."""
+        body: dict[str, Any] = {"all": True} if name is None else {"name": name}
+        revoked = (self.checked("POST", "/grants/revoke", json_body=body).json_object() or {}).get("revoked")
+        return [str(n) for n in revoked] if isinstance(revoked, list) else []
+
     def checked(
         self,
         method: str,
@@ -194,7 +212,7 @@ class DaemonClient:
     ) -> Reply:
         """A request that must succeed: an error reply becomes DaemonError."""
         reply = self.request(method, path, json_body=json_body, timeout=timeout)
-        if reply.status == 200:
+        if reply.status in (200, 201):
             return reply
         error = error_of(reply)
         if error.code == "InvalidToken":

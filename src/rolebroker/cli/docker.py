@@ -21,10 +21,11 @@ from typing import Any
 
 import click
 
-from rolebroker.cli.client import DaemonClient, error_of
+from rolebroker.cli.client import DaemonClient, DaemonError
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.cli.shell import EXEC_FAILED, ExecError, options_first
 from rolebroker.cli.shellenv import read_aws_config
+from rolebroker.errors import BadReply
 from rolebroker.grants import DEFAULT_EXEC_TTL, parse_duration
 
 CONTAINER_HOST = "169.254.170.2"
@@ -67,13 +68,11 @@ def container_env(
 
 def create_grant(client: DaemonClient, profile: str, ttl: float | None, name: str | None) -> dict[str, Any]:
     """``POST /grants`` with the master token (after the listener's proof)."""
-    body = {"profiles": [profile], "ttl_seconds": ttl, "name": name}
-    reply = client.request("POST", "/grants", json_body=body)
-    if reply.status not in (200, 201):
-        raise error_of(reply)
-    answer = reply.json_object() or {}
+    answer = client.create_grant([profile], ttl, name)
     if not isinstance(answer.get("grant"), str):
-        raise error_of(reply)
+        raise DaemonError(
+            BadReply.status, BadReply.code, "POST /grants returned no grant; is that rolebroker?"
+        )
     return answer
 
 

@@ -353,11 +353,14 @@ def _check_tokens(ctx: _Context, served: str | None) -> None:
             continue
         if ctx.daemon_token is not None and token_matches(ctx.daemon_token, token.strip()):
             continue
-        reply = _get(ctx, "/status", token.strip())
+        # /grants/self takes the master token and any live grant (what `env` exports)
+        reply = _get(ctx, "/grants/self", token.strip())
         if reply is not None and reply.status in (401, 403):
+            body = reply.json_object() or {}
+            code = str(body.get("code") or "InvalidToken")
             ctx.problem(
-                f"the token in {name} is not the daemon's",
-                "rolebroker refuses every request with it (InvalidToken)",
+                f"the token in {name} is not the daemon's nor a live grant of it",
+                f"rolebroker refuses every request with it ({code})",
                 ctx.env_fix(served),
             )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from rolebroker import __version__
-from rolebroker.cli import admin, docker, serve, shell
+from rolebroker.cli import admin, docker, grants, serve, shell
 from rolebroker.cli.containers import containers_group
 
 
@@ -21,7 +21,14 @@ def cli() -> None:
     AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/creds/PROFILE."""
 
 
-for _command in (*serve.COMMANDS, *shell.COMMANDS, *admin.COMMANDS, *docker.COMMANDS, containers_group):
+for _command in (
+    *serve.COMMANDS,
+    *shell.COMMANDS,
+    *grants.COMMANDS,
+    *admin.COMMANDS,
+    *docker.COMMANDS,
+    containers_group,
+):
     cli.add_command(_command)
 
 

@@ -18,9 +18,9 @@ from typing import NoReturn
 
 import click
 
-from rolebroker.authtoken import read_token
 from rolebroker.cli import export, shellenv
-from rolebroker.cli.client import DaemonClient, DaemonError, TokenUnavailable, start_hint
+from rolebroker.cli.client import DaemonClient, DaemonError
+from rolebroker.cli.grants import DEFAULT_EXEC_TTL, client_grant, duration, write_grant_file
 from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
 from rolebroker.config import DEFAULT_PORT, Settings
 from rolebroker.errors import BadReply
@@ -41,21 +41,28 @@ class ExecError(click.ClickException):
     help="Syntax of the output [default: from $SHELL, else bash]",
 )
 @click.option(
+    "--ttl",
+    help="The grant's lifetime, e.g. 30m, 2h, 1d [default: no expiry; the untimed grant of the "
+    "profile is reused by every shell]",
+)
+@click.option(
     "--export-token-file",
     is_flag=True,
-    help="Export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE instead of AWS_CONTAINER_AUTHORIZATION_TOKEN "
-    "(unset): re-read on every load by newer SDKs, ignored by the AWS CLI v2 before 2.15, aws-sdk-js v2 "
+    help="Write the grant to a private file ($XDG_RUNTIME_DIR/rolebroker/grants/NAME, 0600) and export "
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE instead of AWS_CONTAINER_AUTHORIZATION_TOKEN (unset): "
+    "re-read on every load by newer SDKs, ignored by the AWS CLI v2 before 2.15, aws-sdk-js v2 "
     "(Serverless v3) and Java.",
 )
 @click.option(
     "--no-check",
     is_flag=True,
-    help="Do not ask the daemon first (it must have written its token file already).",
+    help="Do not fetch the profile's credentials first (the grant still comes from the daemon).",
 )
 @daemon_options
 def env_command(
     profile: str,
     shell: str | None,
+    ttl: str | None,
     export_token_file: bool,
     no_check: bool,
     port: int | None,
@@ -68,7 +75,8 @@ def env_command(
     fish:      rolebroker env PROFILE --shell fish | source
 
     Exports AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:PORT/creds/PROFILE and
-    AWS_CONTAINER_AUTHORIZATION_TOKEN, the profile's region (unless you set one), and unsets
+    AWS_CONTAINER_AUTHORIZATION_TOKEN set to a grant for PROFILE only (never the daemon's
+    master token: `rolebroker grants` lists it), the profile's region (unless you set one), and unsets
     what SDKs would use first: AWS_PROFILE, AWS_DEFAULT_PROFILE, AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI and more.
     If [default] in ~/.aws/credentials holds keys, AWS_SHARED_CREDENTIALS_FILE=/dev/null too.
@@ -76,7 +84,14 @@ def env_command(
     """
     settings = daemon_settings(port, token_file)
     chosen = shell or shellenv.detect_shell(os.environ)
-    planned = _client_environment(settings, profile, check=not no_check, export_token_file=export_token_file)
+    planned = _client_environment(
+        settings,
+        profile,
+        check=not no_check,
+        export_token_file=export_token_file,
+        kind="env",
+        ttl=duration(ttl),
+    )
     for note in planned.notes:
         click.echo(f"rolebroker: note: {note}", err=True)
     flags = _port_flag(settings) + (f" --token-file {_quote_arg(str(token_file))}" if token_file else "")
@@ -123,9 +138,12 @@ def options_first(command: click.Command, ctx: click.Context, args: Sequence[str
 
 @click.command("exec", cls=ExecCommand, context_settings={"allow_interspersed_args": False})
 @daemon_options
+@click.option("--ttl", help="The grant's lifetime, e.g. 30m, 2h, 1d [default: 12h]")
 @click.argument("profile")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def exec_command(profile: str, command: Sequence[str], port: int | None, token_file: Path | None) -> None:
+def exec_command(
+    profile: str, command: Sequence[str], ttl: str | None, port: int | None, token_file: Path | None
+) -> None:
     """Run COMMAND with PROFILE's credentials from the daemon.
 
     \b
@@ -136,15 +154,25 @@ def exec_command(profile: str, command: Sequence[str], port: int | None, token_f
     Options before `--` are rolebroker's, everything after it is COMMAND's. Without `--`,
     COMMAND starts at the first argument after PROFILE that is not an option.
 
-    The command gets the environment `rolebroker env` prints, whatever the calling shell
-    has set (AWS_PROFILE, access keys, ...). It replaces rolebroker (exec), so signals go
+    The command gets the environment `rolebroker env` prints, with a grant for PROFILE
+    alone that expires after --ttl (12 h by default), whatever the calling shell has set
+    (AWS_PROFILE, access keys, ...). It replaces rolebroker (exec), so signals go
     straight to it and its exit code is the exit code. Exit 125 if rolebroker could not
     start it (daemon not running, unknown profile), 127 if COMMAND is not found.
     """
     settings = daemon_settings(port, token_file)
     argv = list(command[1:] if command[:1] == ("--",) else command)
     argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
-    planned = _client_environment(settings, profile, check=True, export_token_file=False, error=ExecError)
+    seconds = duration(ttl)
+    planned = _client_environment(
+        settings,
+        profile,
+        check=True,
+        export_token_file=False,
+        kind="exec",
+        ttl=DEFAULT_EXEC_TTL if seconds is None else seconds,
+        error=ExecError,
+    )
     for note in planned.notes:
         click.echo(f"rolebroker: note: {note}", err=True)
     environment = planned.apply(os.environ)
@@ -171,20 +199,29 @@ def _client_environment(
     *,
     check: bool,
     export_token_file: bool,
+    kind: str,
+    ttl: float | None,
     error: type[click.ClickException] = click.ClickException,
 ) -> shellenv.ShellEnv:
+    """The environment for ``profile`` with a grant for it alone (never the master token)."""
     client = DaemonClient(settings)
     with reported(error):
         if check:
             _check_profile(client, profile, error)
-        token = client.token() if check else _token_without_daemon(settings)
+        name, grant = client_grant(client, kind, profile, ttl)
+    grant_file = None
+    if export_token_file:
+        try:
+            grant_file = write_grant_file(os.environ, name, grant)
+        except OSError as exc:
+            raise error(f"cannot write the grant file: {exc}") from None
     return shellenv.plan(
         url=client.creds_url(profile),
-        token=token,
+        token=grant,
         profile=profile,
         environ=os.environ,
         aws_config=shellenv.read_aws_config(os.environ, profile),
-        token_file=settings.token_file if export_token_file else None,
+        token_file=grant_file,
     )
 
 
@@ -200,18 +237,6 @@ def _check_profile(client: DaemonClient, profile: str, error: type[click.ClickEx
             f"{exc.message}); SDKs will retry",
             err=True,
         )
-
-
-def _token_without_daemon(settings: Settings) -> str:
-    try:
-        return read_token(settings.token_file)
-    except FileNotFoundError:
-        raise TokenUnavailable(
-            f"no token file at {settings.token_file}: the daemon writes it when it starts; "
-            + start_hint(settings)
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenUnavailable(f"cannot read the token file {settings.token_file}: {exc}") from None
 
 
 def _port_flag(settings: Settings) -> str:
