@@ -320,6 +320,18 @@ def test_the_loopback_path_is_unchanged_and_audit_names_the_container(rig: Rig) 
     # host-network container): allowed, but only with a grant, like any container.
     [host_master] = rig.loopback({"url": creds_url("dev"), "headers": {"Authorization": rig.token}})
     assert host_master["body"]["code"] == "MasterTokenOnContainerListener", host_master
+    # A process of this machine that binds a loopback source still reaches the listener
+    # socket; the listener refuses it (loopback clients use 127.0.0.1).
+    grant_for_loopback = rig.grant("dev")["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    [from_loopback] = rig.loopback(
+        {
+            "url": f"http://{ADDRESS}:{CONTAINER_PORT}/creds/dev",
+            "headers": {"Authorization": grant_for_loopback, "Host": ADDRESS},
+            "source": "127.0.0.1",
+        }
+    )
+    assert from_loopback.get("status") == 403, from_loopback
+    assert from_loopback["body"]["code"] == "ForbiddenSource"
     grant = rig.grant("dev", "--name", "docker:audited")["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
     rig.net.fetch(rig.net.container1, {"url": creds_url("dev"), "headers": {"Authorization": grant}})
     audit = rig.home.root / "state" / "rolebroker" / "audit.jsonl"

@@ -365,12 +365,40 @@ def probe_main(url: str, timeout: float) -> int:
     return 0
 
 
+def _shown(body: Any) -> Any:
+    """A credentials body without its secrets: tests compare key ids, never print secrets."""
+    if isinstance(body, dict) and "SecretAccessKey" in body:
+        return {"AccessKeyId": body.get("AccessKeyId"), "RoleArn": body.get("RoleArn")}
+    return body
+
+
+def _fetch_from(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(spec["url"])
+    connection = http.client.HTTPConnection(
+        url.hostname or "", url.port or 80, timeout=timeout, source_address=(spec["source"], 0)
+    )
+    try:
+        connection.request(spec.get("method", "GET"), url.path, headers=spec.get("headers", {}))
+        response = connection.getresponse()
+        return {"status": response.status, "body": _shown(json.loads(response.read()))}
+    except OSError as exc:
+        return {"error": type(exc).__name__}
+    finally:
+        connection.close()
+
+
 def fetch_main(requests: list[dict[str, Any]], timeout: float) -> int:
     """Each request ``{"url", "method"?, "headers"?, "body"?}`` in turn; prints one JSON list
     of ``{"status", "body"}`` (or ``{"error"}``). Only ``AccessKeyId`` of a credentials body
     is kept: the test output never shows a secret."""
     results: list[dict[str, Any]] = []
     for spec in requests:
+        if "source" in spec:  # from a chosen source address: http.client can bind one
+            results.append(_fetch_from(spec, timeout))
+            continue
         data = json.dumps(spec["body"]).encode() if "body" in spec else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         request = urllib.request.Request(
@@ -391,9 +419,7 @@ def fetch_main(requests: list[dict[str, Any]], timeout: float) -> int:
             body = json.loads(raw)
         except ValueError:
             body = {"raw": raw[:200].decode("latin-1")}
-        if isinstance(body, dict) and "SecretAccessKey" in body:
-            body = {"AccessKeyId": body.get("AccessKeyId"), "RoleArn": body.get("RoleArn")}
-        results.append({"status": status, "body": body})
+        results.append({"status": status, "body": _shown(body)})
     print(json.dumps(results))
     return 0
 
