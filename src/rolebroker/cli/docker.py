@@ -147,6 +147,11 @@ def docker_env_command(
     if env_file:
         click.echo(planned.as_env_file(), nl=False)
     else:
+        click.echo(
+            "rolebroker: note: as docker run arguments the grant shows in `ps` while docker runs; "
+            "--env-file (or rolebroker docker run) keeps it off command lines",
+            err=True,
+        )
         click.echo(planned.as_flags())
 
 
