@@ -37,6 +37,7 @@ DAEMON_SIDE = {
     "rolebroker.broker",
     "rolebroker.cache",
     "rolebroker.connections",
+    "rolebroker.container_server",
     "rolebroker.daemon",
     "rolebroker.demo",
     "rolebroker.hops",

@@ -76,3 +76,34 @@ def test_same_user_without_token_from_file_and_env(tmp_path: Path) -> None:
     assert load_settings({}, off).same_user_without_token is False
     with pytest.raises(SettingsError, match="ROLEBROKER_SAME_USER_WITHOUT_TOKEN"):
         load_settings({}, env_for(tmp_path, ROLEBROKER_SAME_USER_WITHOUT_TOKEN="maybe"))
+
+
+def test_container_settings_default_env_and_file(tmp_path: Path) -> None:
+    defaults = load_settings(environ=env_for(tmp_path))
+    assert (defaults.containers, defaults.container_port) == ("auto", 9912)
+    from_env = load_settings(
+        environ=env_for(tmp_path, ROLEBROKER_CONTAINERS="ON", ROLEBROKER_CONTAINER_PORT="10999")
+    )
+    assert (from_env.containers, from_env.container_port) == ("on", 10999)
+    write_file(tmp_path, "containers = false\ncontainer_port = 11000\n")
+    from_file = load_settings(environ=env_for(tmp_path))
+    assert (from_file.containers, from_file.container_port) == ("off", 11000)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ROLEBROKER_CONTAINER_PORT", "80"),
+        ("ROLEBROKER_CONTAINER_PORT", "x"),
+        ("ROLEBROKER_CONTAINERS", "maybe"),
+    ],
+)
+def test_bad_container_settings_name_their_source(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings(environ=env_for(tmp_path, **{name: value}))
+
+
+def test_container_settings_need_a_restart() -> None:
+    from rolebroker.config import RESTART_SETTINGS
+
+    assert {"containers", "container_port"} <= set(RESTART_SETTINGS)

@@ -68,6 +68,8 @@ class AuditRecord:
     cmdline: list[str] | None = None
     cwd: str | None = None
     user_agent: str | None = None
+    source: str | None = None
+    """The peer address of a request on the container listener (a container's address)."""
 
 
 def _now_iso(moment: float) -> str:
@@ -119,6 +121,7 @@ class AuditLog:
         grant: str | None = None,
         caller: CallerIdentity | None = None,
         user_agent: str | None = None,
+        source: str | None = None,
     ) -> bool:
         """Enqueue one line; never blocks. False when it was dropped (queue full)."""
         who = caller or CallerIdentity()
@@ -135,6 +138,7 @@ class AuditLog:
             cmdline=self._scrub_args(who.cmdline),
             cwd=_bounded(who.cwd, _LONG_FIELD),
             user_agent=self._scrub(user_agent, _FIELD),
+            source=_bounded(source, 64),
         )
         try:
             self._queue.put_nowait(entry)

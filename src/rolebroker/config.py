@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 9911
+DEFAULT_CONTAINER_PORT = 9912
+CONTAINER_MODES = ("auto", "on", "off")
 
 
 class SettingsError(ValueError):
@@ -39,6 +41,11 @@ class Settings:
     the daemon's own user (credential routes only; never admin routes)."""
     config_file: Path | None = None
     """The rolebroker config file that was read, if any (for reload and messages)."""
+    container_port: int = DEFAULT_CONTAINER_PORT
+    """The container listener's port on 169.254.170.2 (the set-up DNATs port 80 to it)."""
+    containers: str = "auto"
+    """The container listener: ``auto`` serves it when 169.254.170.2 exists at start,
+    ``on`` always (bound with IP_FREEBIND: it works once the address appears), ``off`` never."""
 
     @property
     def base_url(self) -> str:
@@ -76,6 +83,22 @@ def _to_port(value: Any) -> int:
     return port
 
 
+def _to_container_port(value: Any) -> int:
+    port = int(value)
+    if not 1024 <= port <= 65535:
+        raise ValueError(value)
+    return port
+
+
+def _to_container_mode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    mode = str(value).strip().lower()
+    if mode not in CONTAINER_MODES:
+        raise ValueError(value)
+    return mode
+
+
 def _to_bool(value: Any) -> bool:
     """TOML booleans, and the usual spellings in the environment."""
     if isinstance(value, bool):
@@ -104,6 +127,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "token_file": lambda v: Path(os.path.expanduser(str(v))),
     "log_level": lambda v: str(v).lower(),
     "same_user_without_token": _to_bool,
+    "container_port": _to_container_port,
+    "containers": _to_container_mode,
 }
 _ENV_NAMES = {name: f"ROLEBROKER_{name.upper()}" for name in _CONVERTERS}
 
@@ -170,7 +195,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 # -- reload ----------------------------------------------------------------------------
 
 LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level", "same_user_without_token")
-RESTART_SETTINGS = ("host", "port", "token_file")
+RESTART_SETTINGS = ("host", "port", "token_file", "container_port", "containers")
 
 
 def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tuple[Settings, list[str]]:

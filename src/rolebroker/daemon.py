@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import uvicorn
@@ -23,6 +23,12 @@ from rolebroker import __version__, discovery, systemd
 from rolebroker.config import Settings, load_settings
 from rolebroker.discovery import INSIDE_DAEMON
 from rolebroker.listeners import EX_CONFIG, ListenError, Listeners, open_listeners
+
+if TYPE_CHECKING:
+    from rolebroker.audit import AuditLog
+    from rolebroker.authtoken import TokenStore
+    from rolebroker.broker import Broker
+    from rolebroker.grants import GrantStore
 
 log = logging.getLogger("rolebroker")
 
@@ -117,6 +123,7 @@ def run_daemon(
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )
+    file_limit = raise_file_limit()
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -127,19 +134,22 @@ def run_daemon(
         date_header=False,  # uvicorn refreshes it on a 0.1 s tick; the Guard adds its own (server.py)
         lifespan="on",
         timeout_graceful_shutdown=5,
-        **connection_limits(raise_file_limit()),
+        **connection_limits(file_limit),
     )
+    side = _container_server(settings, broker, token, grants, audit, file_limit)
 
     def unpublish() -> None:
         if discovery_path is not None:
             discovery.remove(discovery_path, os.getpid())
 
-    server = _Server(config, on_stop=unpublish)
+    server = _Server(config, on_stop=unpublish, side=side)
 
     async def main() -> None:
         notifier = asyncio.get_running_loop().create_task(
             _announce_ready(server, settings, listeners, discovery_path, audit.path)
         )
+        if side is not None:
+            side.begin()
         try:
             await server.serve(sockets=listeners.sockets)
         finally:
@@ -149,7 +159,7 @@ def run_daemon(
         asyncio.run(main())
     finally:
         unpublish()
-        for sock in listeners.sockets:
+        for sock in [*listeners.sockets, *([side.sock] if side is not None else [])]:
             sock.close()
     if not server.started:
         raise SystemExit(1)
@@ -163,9 +173,12 @@ class _Server(uvicorn.Server):
     uvicorn's main loop wakes ten times a second to look at ``should_exit``; an idle daemon
     should sleep, so this one waits for :meth:`handle_exit` to say so."""
 
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, on_stop: Callable[[], None], side: ContainerServer | None = None
+    ) -> None:
         super().__init__(config)
         self._on_stop = on_stop
+        self._side = side
         self._exit = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -186,7 +199,92 @@ class _Server(uvicorn.Server):
         log.info("rolebroker stopping")
         systemd.notify("STOPPING=1")
         self._on_stop()
+        if self._side is not None:
+            await self._side.stop()
         await super().shutdown(sockets=sockets)
+
+
+class ContainerServer(uvicorn.Server):
+    """The container listener (container_server.py): a second uvicorn server on the same
+    loop, over its own socket and app. It neither captures signals nor runs a lifespan:
+    the loopback server owns both and stops this one first (:meth:`stop`)."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.sock = sock
+        self._exit = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(sockets=[self.sock]))
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)
+        await self._exit.wait()
+
+    async def stop(self) -> None:
+        self.should_exit = True
+        self._exit.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 6)
+            except Exception as exc:
+                log.warning("container listener did not stop cleanly: %s", type(exc).__name__)
+
+
+def _container_server(
+    settings: Settings,
+    broker: Broker,
+    token: TokenStore,
+    grants: GrantStore,
+    audit: AuditLog | None,
+    file_limit: int,
+) -> ContainerServer | None:
+    """The container listener, or None (switched off, address missing in ``auto``, or port
+    taken: then one clear line, and the daemon goes on serving loopback)."""
+    from rolebroker import container_server as cs
+    from rolebroker.connections import connection_limits
+
+    if settings.containers == "off":
+        return None
+    where = f"{cs.ADDRESS}:{settings.container_port}"
+    present = cs.address_present()
+    if not present and settings.containers == "auto":
+        log.info(
+            "container listener off: %s is not on this machine (for containers run: %s, then restart)",
+            cs.ADDRESS,
+            cs.SETUP_HINT,
+        )
+        return None
+    if not present:
+        log.warning(
+            "container listener: %s is not on this machine yet; run: %s (listening on %s already: "
+            "it works as soon as the address exists)",
+            cs.ADDRESS,
+            cs.SETUP_HINT,
+            where,
+        )
+    try:
+        sock = cs.open_container_listener(settings.container_port, freebind=settings.containers == "on")
+    except cs.ContainerListenError as exc:
+        log.warning("container listener off: %s (set container_port to a free port)", exc)
+        return None
+    if sock is None:
+        log.warning("container listener off: %s is missing; run: %s", cs.ADDRESS, cs.SETUP_HINT)
+        return None
+    app = cs.ContainerApp(broker, token, grants, audit)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        **connection_limits(max(64, file_limit // 8)),
+    )
+    log.info("container listener on %s (grants only, credential routes only)", where)
+    return ContainerServer(config, sock)
 
 
 async def _reload(broker: Any) -> None:

@@ -438,6 +438,27 @@ class ForeignUser(BrokerError):
     reached_upstream = False
 
 
+# -- the container listener (169.254.170.2, container_server.py) ---------------------------
+
+
+class MasterTokenOnContainerListener(BrokerError):
+    """403: the master token was sent to the container listener, which takes only grants.
+    Give the container a grant of its own: rolebroker docker-env PROFILE (or docker run)."""
+
+    status = 403
+    code = "MasterTokenOnContainerListener"
+    reached_upstream = False
+
+
+class ForbiddenSource(BrokerError):
+    """403: the container listener was reached from an address that is not a local
+    container's (loopback, or not a private address). Loopback clients use 127.0.0.1."""
+
+    status = 403
+    code = "ForbiddenSource"
+    reached_upstream = False
+
+
 # -- the CLI's own codes: what answered on the daemon's port is not a rolebroker error ---------
 
 

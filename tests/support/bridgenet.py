@@ -155,6 +155,23 @@ def _env() -> dict[str, str]:
     }
 
 
+def fetch(ns: Namespace, *requests: dict[str, Any], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Requests from inside ``ns``, one process for all of them (see ``fetch_main``)."""
+    done = subprocess.run(
+        ns.argv(*python_argv("fetch", json.dumps(list(requests)), "--timeout", str(timeout))),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout * len(requests) + 20,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"fetch failed: {done.stderr[-500:]}")
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    return results
+
+
 @dataclass
 class Stub:
     """A recording HTTP server inside a namespace; :meth:`stop` returns what it saw."""
@@ -221,6 +238,9 @@ class BridgeNet:
             raise RuntimeError(f"probe failed: {done.stderr[-500:]}")
         result: dict[str, Any] = json.loads(done.stdout)
         return result
+
+    def fetch(self, ns: Namespace, *requests: dict[str, Any], timeout: float = 10.0) -> list[dict[str, Any]]:
+        return fetch(ns, *requests, timeout=timeout)
 
     def close(self) -> None:
         for proc in self.processes:
@@ -345,6 +365,65 @@ def probe_main(url: str, timeout: float) -> int:
     return 0
 
 
+def _shown(body: Any) -> Any:
+    """A credentials body without its secrets: tests compare key ids, never print secrets."""
+    if isinstance(body, dict) and "SecretAccessKey" in body:
+        return {"AccessKeyId": body.get("AccessKeyId"), "RoleArn": body.get("RoleArn")}
+    return body
+
+
+def _fetch_from(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(spec["url"])
+    connection = http.client.HTTPConnection(
+        url.hostname or "", url.port or 80, timeout=timeout, source_address=(spec["source"], 0)
+    )
+    try:
+        connection.request(spec.get("method", "GET"), url.path, headers=spec.get("headers", {}))
+        response = connection.getresponse()
+        return {"status": response.status, "body": _shown(json.loads(response.read()))}
+    except OSError as exc:
+        return {"error": type(exc).__name__}
+    finally:
+        connection.close()
+
+
+def fetch_main(requests: list[dict[str, Any]], timeout: float) -> int:
+    """Each request ``{"url", "method"?, "headers"?, "body"?}`` in turn; prints one JSON list
+    of ``{"status", "body"}`` (or ``{"error"}``). Only ``AccessKeyId`` of a credentials body
+    is kept: the test output never shows a secret."""
+    results: list[dict[str, Any]] = []
+    for spec in requests:
+        if "source" in spec:  # from a chosen source address: http.client can bind one
+            results.append(_fetch_from(spec, timeout))
+            continue
+        data = json.dumps(spec["body"]).encode() if "body" in spec else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        request = urllib.request.Request(
+            spec["url"],
+            data=data,
+            method=spec.get("method", "GET"),
+            headers={**headers, **spec.get("headers", {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            results.append({"error": type(getattr(exc, "reason", exc)).__name__})
+            continue
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"raw": raw[:200].decode("latin-1")}
+        results.append({"status": status, "body": _shown(body)})
+    print(json.dumps(results))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.bridgenet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,7 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = sub.add_parser("probe")
     probe.add_argument("url")
     probe.add_argument("--timeout", type=float, default=1.5)
+    fetch = sub.add_parser("fetch")
+    fetch.add_argument("requests", help="a JSON list of requests")
+    fetch.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        return fetch_main(json.loads(args.requests), args.timeout)
     if args.command == "stub":
         return stub_main(args.bind, args.port)
     return probe_main(args.url, args.timeout)

@@ -18,7 +18,7 @@ import click
 from rolebroker.authtoken import new_token, write_token
 from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
-from rolebroker.cli.options import daemon_options, daemon_settings, reported
+from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
 from rolebroker.config import Settings
 from rolebroker.logs import escape
 from rolebroker.mfacode import valid_code
@@ -149,8 +149,16 @@ def mfa_command(profile: str, code: str | None, port: int | None, token_file: Pa
 @click.option(
     "--port80", is_flag=True, help="Also check the `rolebroker port80` redirect and tokenless mode."
 )
+@click.option(
+    "--containers",
+    "containers",
+    is_flag=True,
+    help="Check the container set-up instead (169.254.170.2, nftables rules, boot unit)",
+)
 @daemon_options
-def doctor_command(profile: str | None, port80: bool, port: int | None, token_file: Path | None) -> None:
+def doctor_command(
+    profile: str | None, port80: bool, containers: bool, port: int | None, token_file: Path | None
+) -> None:
     """Check the daemon and this environment; explain every problem and its fix.
 
     Checks that the daemon answers and accepts the token, that PROFILE (and the profile in
@@ -161,6 +169,11 @@ def doctor_command(profile: str | None, port80: bool, port: int | None, token_fi
     named with its profiles and expiry. With --port80, also whether `curl localhost/creds/P`
     reaches this daemon and whether tokenless mode is on. Exits 1 on any problem.
     """
+    if containers:
+        from rolebroker.cli.containers import doctor_containers
+
+        doctor_containers(settings_for(port, token_file).container_port)
+        return
     from rolebroker.cli import doctor
 
     settings = daemon_settings(port, token_file)

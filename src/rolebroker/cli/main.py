@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 
 from rolebroker import __version__
-from rolebroker.cli import admin, audit, grants, helptopic, port80, serve, shell
+from rolebroker.cli import admin, audit, docker, grants, helptopic, port80, serve, shell
+from rolebroker.cli.containers import containers_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,8 @@ for _command in (
     *admin.COMMANDS,
     *audit.COMMANDS,
     *port80.COMMANDS,
+    *docker.COMMANDS,
+    containers_group,
     helptopic.help_command,
 ):
     cli.add_command(_command)
