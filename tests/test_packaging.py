@@ -156,7 +156,7 @@ def test_zsh_completion_as_documented(installed: Installed) -> None:
     assert result.stdout.strip() == "_rolebroker_completion", result.stdout + result.stderr
     # What that function asks the command for, and what the command answers.
     answer = installed.run(
-        "rolebroker", _ROLEBROKER_COMPLETE="zsh_complete", COMP_WORDS="rolebroker do", COMP_CWORD="1"
+        "rolebroker", _ROLEBROKER_COMPLETE="zsh_complete", COMP_WORDS="rolebroker doct", COMP_CWORD="1"
     )
     assert answer.stdout.splitlines()[:2] == ["plain", "doctor"], answer.stdout + answer.stderr
 
