@@ -21,6 +21,7 @@ from rolebroker.config import Settings
 from rolebroker.grants import GrantStore
 from rolebroker.identity import CallerIdentity
 from rolebroker.server import create_app
+from rolebroker.statusdoc import StatusDoc
 from tests.support.awsconfig import AwsFiles
 from tests.support.clock import FakeClock
 from tests.support.fakehop import FakeSts
@@ -238,3 +239,10 @@ async def test_audit_lines_and_last_caller(gapp: GrantApp) -> None:
     assert status["grants_file"] == str(gapp.grants.path) and status["audit_file"] == str(gapp.audit.path)
     row = next(p for p in status["profiles"] if p["name"] == "dev")
     assert row["last_caller"]["pid"] == 4321 and row["last_caller"]["grant"] == "ci"
+    typed = StatusDoc.from_json(status)  # what `rolebroker status` reads
+    assert typed.caller_identity == "netlink" and typed.grants_file == str(gapp.grants.path)
+    dev = next(p for p in typed.profiles if p.name == "dev")
+    assert dev.last_caller is not None and (dev.last_caller.exe, dev.last_caller.grant) == (
+        "/usr/bin/node",
+        "ci",
+    )
