@@ -246,3 +246,25 @@ async def test_audit_lines_and_last_caller(gapp: GrantApp) -> None:
         "/usr/bin/node",
         "ci",
     )
+
+
+async def test_grant_use_is_written_later_off_the_request_path(
+    gapp: GrantApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from rolebroker import access
+
+    monkeypatch.setattr(access, "FLUSH_DELAY", 0.05)
+    made = await gapp.grant("dev", name="used")
+
+    def last_used() -> object:
+        return json.loads(gapp.grants.path.read_text())["grants"][0]["last_used"]
+
+    assert (await gapp.creds("/creds/dev", made["grant"])).status_code == 200
+    assert last_used() is None  # the request itself wrote nothing
+    for _ in range(100):  # bounded: 2 s
+        await asyncio.sleep(0.02)
+        if last_used() is not None:
+            break
+    assert last_used() is not None
