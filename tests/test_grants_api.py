@@ -21,6 +21,7 @@ from rolebroker.config import Settings
 from rolebroker.grants import GrantStore
 from rolebroker.identity import CallerIdentity
 from rolebroker.server import create_app
+from rolebroker.statusdoc import StatusDoc
 from tests.support.awsconfig import AwsFiles
 from tests.support.clock import FakeClock
 from tests.support.fakehop import FakeSts
@@ -238,3 +239,32 @@ async def test_audit_lines_and_last_caller(gapp: GrantApp) -> None:
     assert status["grants_file"] == str(gapp.grants.path) and status["audit_file"] == str(gapp.audit.path)
     row = next(p for p in status["profiles"] if p["name"] == "dev")
     assert row["last_caller"]["pid"] == 4321 and row["last_caller"]["grant"] == "ci"
+    typed = StatusDoc.from_json(status)  # what `rolebroker status` reads
+    assert typed.caller_identity == "netlink" and typed.grants_file == str(gapp.grants.path)
+    dev = next(p for p in typed.profiles if p.name == "dev")
+    assert dev.last_caller is not None and (dev.last_caller.exe, dev.last_caller.grant) == (
+        "/usr/bin/node",
+        "ci",
+    )
+
+
+async def test_grant_use_is_written_later_off_the_request_path(
+    gapp: GrantApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from rolebroker import access
+
+    monkeypatch.setattr(access, "FLUSH_DELAY", 0.05)
+    made = await gapp.grant("dev", name="used")
+
+    def last_used() -> object:
+        return json.loads(gapp.grants.path.read_text())["grants"][0]["last_used"]
+
+    assert (await gapp.creds("/creds/dev", made["grant"])).status_code == 200
+    assert last_used() is None  # the request itself wrote nothing
+    for _ in range(100):  # bounded: 2 s
+        await asyncio.sleep(0.02)
+        if last_used() is not None:
+            break
+    assert last_used() is not None

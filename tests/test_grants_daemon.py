@@ -152,6 +152,22 @@ def test_revocation_and_a_real_short_ttl(daemon: Daemon) -> None:
     )
     assert daemon.get("/creds/dev", token=short).json()["code"] == "GrantExpired"
 
+    third = make_grant(daemon, "prod", name="third")["grant"]
+    everything = run_cli("grant", "--revoke-all", env=env)
+    assert everything.returncode == 0 and "third" in everything.stderr, everything.stderr
+    assert daemon.get("/creds/prod", token=third).json()["code"] == "GrantRevoked"
+    table = run_cli("grants", env=env)
+    assert table.returncode == 0, table.stderr
+    assert [line.split()[:2] for line in table.stdout.splitlines()[1:]] == [
+        ["short", "revoked"],
+        ["kept", "revoked"],
+        ["third", "revoked"],
+    ]
+    for secret in (short, kept, third, daemon.token):
+        assert secret not in table.stdout + table.stderr + everything.stdout
+    unknown = run_cli("grant", "--revoke", "nope", env=env)
+    assert unknown.returncode != 0 and "GrantNotFound" in unknown.stderr
+
 
 def test_grants_survive_restart_and_reload(start_daemon: StartDaemon) -> None:
     first = start_daemon()

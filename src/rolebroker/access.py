@@ -253,12 +253,9 @@ class Access:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self.audit is not None:
-            self.audit.start()
-
     async def aclose(self) -> None:
-        """At shutdown: the pending grant uses written, the audit queue drained."""
+        """At shutdown: the pending caller lookups' audit lines queued, grant uses written.
+        Closing the audit log is its owner's (daemon.py): other listeners may share it."""
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
@@ -269,8 +266,6 @@ class Access:
             await asyncio.sleep(0)  # the lookups' callbacks: their audit lines are queued
         if self.grants is not None:
             await asyncio.to_thread(self.grants.flush)
-        if self.audit is not None:
-            await asyncio.to_thread(self.audit.close)
 
     def _schedule_flush(self) -> None:
         if self._flush is None:

@@ -67,11 +67,14 @@ def run_daemon(
     reload_settings: Callable[[], Settings] | None = None,
     warm_file: Path | None = None,
     discovery_path: Path | None = None,
+    state_dir: Path | None = None,
 ) -> None:
     """Serve until SIGTERM. ``reload_settings`` re-reads env and file on SIGHUP with the
     same flags, so flags keep winning. ``warm_file`` remembers the profiles to warm at the
     next start and ``discovery_path`` tells the CLI where the daemon is: both None for
-    throw-away daemons such as the demo's, which must not pose as the user's daemon."""
+    throw-away daemons such as the demo's, which must not pose as the user's daemon.
+    ``state_dir`` holds the grants file and the audit log (default
+    ``$XDG_STATE_HOME/rolebroker``; the demo passes its own temporary directory)."""
     from rolebroker.audit import AuditLog, default_audit_file
     from rolebroker.authtoken import TokenFileError, TokenStore, load_or_create_token
     from rolebroker.broker import Broker
@@ -106,8 +109,10 @@ def run_daemon(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
 
     # The daemon's one GrantStore and AuditLog: every listener's app gets these instances.
-    grants = GrantStore(default_grants_file(os.environ), lambda: token.current)
-    audit = AuditLog(default_audit_file(os.environ), secrets=lambda: (token.current,))
+    grants_file = state_dir / "grants.json" if state_dir else default_grants_file(os.environ)
+    audit_file = state_dir / "audit.jsonl" if state_dir else default_audit_file(os.environ)
+    grants = GrantStore(grants_file, lambda: token.current)
+    audit = AuditLog(audit_file, secrets=lambda: (token.current,))
     audit.start()
 
     async def on_shutdown() -> None:

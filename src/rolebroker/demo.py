@@ -91,7 +91,7 @@ def run(settings: Settings) -> None:
             credentials = _write(workdir / "credentials", DEMO_CREDENTIALS)
             _isolate_environment(config, credentials, sts_url)
             _announce_when_ready(settings, sts_url, config)
-            run_daemon(settings)
+            run_daemon(settings, state_dir=workdir)  # grants and audit log: throw-away too
         except _Stop:
             pass
         finally:
