@@ -43,10 +43,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+# footprint.py compares start-up and idle figures with this git ref: the last commit of wave 1.
+BENCH_BASELINE ?= 7b43ef7
+
 bench: $(STAMP)
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/cli_startup.py
-	$(BIN)/python bench/footprint.py
+	$(BIN)/python bench/footprint.py --baseline $(BENCH_BASELINE)
 
 clean:
 	rm -rf $(VENV) tests/clients/node_modules .pytest_cache .mypy_cache .ruff_cache
