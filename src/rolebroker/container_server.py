@@ -27,7 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from rolebroker.audit import AuditLog
 from rolebroker.authtoken import TokenStore
@@ -43,7 +43,7 @@ from rolebroker.errors import (
     NotFound,
 )
 from rolebroker.grants import Grant, GrantStore, looks_like_grant
-from rolebroker.httpdate import HttpDate
+from rolebroker.httpdate import HttpDate, dated
 from rolebroker.logs import LogThrottle, escape
 from rolebroker.server import send_error
 
@@ -229,12 +229,8 @@ class ContainerApp:
         )
 
     def _dated(self, send: Send) -> Send:
-        async def dated(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [(b"date", self._date()), *message.get("headers", ())]
-            await send(message)
-
-        return dated
+        """Every response carries a Date header (uvicorn's own is off: daemon.py)."""
+        return dated(send, self._date)
 
 
 # -- the socket ------------------------------------------------------------------------------

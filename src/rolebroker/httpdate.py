@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 
+from starlette.types import Message, Send
+
 
 class HttpDate:
     """``Date`` as bytes, reformatted only when the second changes."""
@@ -24,3 +26,14 @@ class HttpDate:
         if second != self._second:
             self._second, self._value = second, formatdate(second, usegmt=True).encode()
         return self._value
+
+
+def dated(send: Send, date: Callable[[], bytes]) -> Send:
+    """``send`` with a Date header added to the response start (uvicorn's own is off)."""
+
+    async def with_date(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [(b"date", date()), *message.get("headers", ())]
+        await send(message)
+
+    return with_date

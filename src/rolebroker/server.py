@@ -40,7 +40,7 @@ from rolebroker.errors import (
     TokenRotateFailed,
 )
 from rolebroker.grants import Grant, GrantStore
-from rolebroker.httpdate import HttpDate
+from rolebroker.httpdate import HttpDate, dated
 from rolebroker.limits import MAX_BODY_BYTES
 from rolebroker.logs import LogThrottle
 from rolebroker.mfacode import valid_code
@@ -214,13 +214,7 @@ class Guard:
 
     def _dated(self, send: Send) -> Send:
         """Every response carries a Date header (uvicorn's own is off: daemon.py)."""
-
-        async def dated(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [(b"date", self._date()), *message.get("headers", ())]
-            await send(message)
-
-        return dated
+        return dated(send, self._date)
 
 
 def _host_refusal(hosts: list[str]) -> BrokerError | None:

@@ -83,3 +83,6 @@ def doctor_containers(port: int = containers.DEFAULT_CONTAINER_PORT) -> None:
     click.echo(render_findings(findings), nl=False)
     if any(f.level is Level.PROBLEM for f in findings):
         raise SystemExit(1)
+
+
+COMMANDS: tuple[click.Command, ...] = (containers_group,)

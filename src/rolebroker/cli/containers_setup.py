@@ -248,34 +248,49 @@ def subprocess_runner(argv: Sequence[str], stdin: str | None) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
-def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
-    """Runs every step in order and returns one line per step. Stops at the first failure
-    with a :class:`ContainerSetupError` naming the command (earlier steps stay applied:
-    running the same plan again, or the teardown, is always safe)."""
+def run_steps(
+    steps: Sequence[Step],
+    runner: Runner,
+    *,
+    already: str,
+    failed: Callable[[Step, Outcome, str], Exception],
+) -> list[str]:
+    """Runs root steps in order, one report line each; a step whose stderr says its effect is
+    already ``already`` (there, gone) counts as done. Stops at the first failure with
+    ``failed(step, outcome, detail)``: earlier steps stay applied, and every step is safe to
+    repeat. Shared by the container set-up and port80."""
     report: list[str] = []
-    for step in plan.steps:
+    for step in steps:
         outcome = runner(step.argv, step.stdin)
         if outcome.returncode == 0:
             report.append(f"done: {step.why}")
         elif any(fragment in outcome.stderr for fragment in step.done_if):
-            report.append(f"already {'there' if plan.action == 'setup' else 'gone'}: {step.why}")
+            report.append(f"already {already}: {step.why}")
         else:
             detail = " ".join(outcome.stderr.split())[:300] or f"exit status {outcome.returncode}"
-            hint = (
-                " This kernel has no dummy interface driver: run `rolebroker containers setup "
-                "--link-kind bridge --apply` (a bridge without ports holds the address as well)."
-                if "Unknown device type" in outcome.stderr and "dummy" in step.argv
-                else ""
-            )
-            raise ContainerSetupError(
-                f"'{shlex.join(step.argv)}' failed ({detail}).{hint} Fix the cause and run the same "
-                f"command again: every step is safe to repeat. `rolebroker containers {plan.action}` "
-                "without --apply prints the commands."
-            )
+            raise failed(step, outcome, detail)
     return report
 
 
-# --------------------------------------------------------------------------- doctor
+def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
+    """Runs every step in order and returns one line per step. Stops at the first failure
+    with a :class:`ContainerSetupError` naming the command (earlier steps stay applied:
+    running the same plan again, or the teardown, is always safe)."""
+
+    def failed(step: Step, outcome: Outcome, detail: str) -> Exception:
+        hint = (
+            " This kernel has no dummy interface driver: run `rolebroker containers setup "
+            "--link-kind bridge --apply` (a bridge without ports holds the address as well)."
+            if "Unknown device type" in outcome.stderr and "dummy" in step.argv
+            else ""
+        )
+        return ContainerSetupError(
+            f"'{shlex.join(step.argv)}' failed ({detail}).{hint} Fix the cause and run the same "
+            f"command again: every step is safe to repeat. `rolebroker containers {plan.action}` "
+            "without --apply prints the commands."
+        )
+
+    return run_steps(plan.steps, runner, already="there" if plan.action == "setup" else "gone", failed=failed)
 
 
 SETUP_FIX = "rolebroker containers setup --apply"

@@ -74,3 +74,6 @@ def help_command(ctx: click.Context, topic: str | None) -> None:
     if topic is None:
         sections += [settings_text(), files_text()]
     click.echo(("\n\n" + "-" * 78 + "\n\n").join(sections))
+
+
+COMMANDS: tuple[click.Command, ...] = (help_command,)

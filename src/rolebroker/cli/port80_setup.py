@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from rolebroker.authtoken import new_nonce, proof_is_valid
-from rolebroker.cli.containers_setup import GONE, Runner, Step, subprocess_runner
+from rolebroker.cli.containers_setup import GONE, Runner, Step, run_steps, subprocess_runner
 from rolebroker.cli.containers_setup import Outcome as Outcome  # for callers' runners
 
 FAMILY = "inet"
@@ -167,23 +167,17 @@ def render(plan: Plan, *, sudo: bool) -> str:
 def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
     """Runs every step in order; one line per step. Stops at the first failure with a
     Port80Error naming the command (running the same command again is always safe)."""
-    report: list[str] = []
-    for step in plan.steps:
-        outcome = runner(step.argv, step.stdin)
-        if outcome.returncode == 0:
-            report.append(f"done: {step.why}")
-        elif any(fragment in outcome.stderr for fragment in step.done_if):
-            report.append(f"already gone: {step.why}")
-        else:
-            detail = " ".join(outcome.stderr.split())[:300] or f"exit status {outcome.returncode}"
-            hint = ""
-            if step.argv[0] == "systemctl":
-                hint = " Without systemd, use --no-persist (the rule then lasts until reboot)."
-            raise Port80Error(
-                f"'{shlex.join(step.argv)}' failed ({detail}).{hint} Fix the cause and run the same command "
-                "again: every step is safe to repeat."
-            )
-    return report
+
+    def failed(step: Step, _outcome: Outcome, detail: str) -> Exception:
+        hint = ""
+        if step.argv[0] == "systemctl":
+            hint = " Without systemd, use --no-persist (the rule then lasts until reboot)."
+        return Port80Error(
+            f"'{shlex.join(step.argv)}' failed ({detail}).{hint} Fix the cause and run the same command "
+            "again: every step is safe to repeat."
+        )
+
+    return run_steps(plan.steps, runner, already="there" if plan.action == "setup" else "gone", failed=failed)
 
 
 # -- checking it (doctor --port80): by behaviour, so no root is needed ------------------------
