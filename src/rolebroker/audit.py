@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from rolebroker.auditlog import default_audit_file as default_audit_file
 from rolebroker.auditlog import follow as follow
@@ -72,6 +73,24 @@ class AuditRecord:
     """The peer address of a request on the container listener (a container's address)."""
 
 
+class _Pending(NamedTuple):
+    """What a request hands the writer: raw values, finished in the writer thread."""
+
+    at: float
+    profile: str
+    outcome: str
+    status: int
+    role_arn: str | None
+    grant: str | None
+    caller: CallerIdentity | None
+    user_agent: str | None
+    source: str | None
+
+
+_MEMO = 256
+"""Scrubbed callers and user agents kept by the writer (cleared when full: bounded)."""
+
+
 def _now_iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
@@ -101,7 +120,9 @@ class AuditLog:
         self._max_bytes = max_bytes
         self._backups = backups
         self._clock = clock
-        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(queue_size)
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(queue_size)
+        self._processes: dict[CallerIdentity, tuple[str | None, list[str] | None, str | None]] = {}
+        self._agents: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dropped = 0
@@ -123,31 +144,58 @@ class AuditLog:
         user_agent: str | None = None,
         source: str | None = None,
     ) -> bool:
-        """Enqueue one line; never blocks. False when it was dropped (queue full)."""
-        who = caller or CallerIdentity()
-        entry = AuditRecord(
-            time=_now_iso(self._clock()),
-            profile=_bounded(profile, _FIELD) or "",
-            outcome=_bounded(outcome, 64) or "",
-            status=status,
-            role_arn=_bounded(role_arn, _LONG_FIELD),
-            grant=_bounded(grant, 64),
-            uid=who.uid,
-            pid=who.pid,
-            exe=_bounded(who.exe, _LONG_FIELD),
-            cmdline=self._scrub_args(who.cmdline),
-            cwd=_bounded(who.cwd, _LONG_FIELD),
-            user_agent=self._scrub(user_agent, _FIELD),
-            source=_bounded(source, 64),
+        """Enqueue one line; never blocks. False when it was dropped (queue full).
+
+        Only the raw values are queued: bounding, scrubbing and JSON happen in the writer
+        thread, so a request pays microseconds, not the regexes."""
+        pending = _Pending(
+            self._clock(), profile, outcome, status, role_arn, grant, caller, user_agent, source
         )
         try:
-            self._queue.put_nowait(entry)
+            self._queue.put_nowait(pending)
         except queue.Full:
             with self._lock:
                 self.dropped += 1
                 self._unreported += 1
             return False
         return True
+
+    def _finish(self, raw: _Pending) -> AuditRecord:
+        """The line's fields, bounded and scrubbed (writer thread). A connection's caller and
+        a client's user agent repeat request after request: their scrubbed forms are kept."""
+        who = raw.caller or CallerIdentity()
+        process = self._processes.get(who)
+        if process is None:
+            if len(self._processes) >= _MEMO:
+                self._processes.clear()
+            process = self._processes[who] = (
+                _bounded(who.exe, _LONG_FIELD),
+                self._scrub_args(who.cmdline),
+                _bounded(who.cwd, _LONG_FIELD),
+            )
+        agent = None
+        if raw.user_agent is not None:
+            agent = self._agents.get(raw.user_agent)
+            if agent is None:
+                if len(self._agents) >= _MEMO:
+                    self._agents.clear()
+                agent = self._agents[raw.user_agent] = self._scrub(raw.user_agent, _FIELD) or ""
+        exe, cmdline, cwd = process
+        return AuditRecord(
+            time=_now_iso(raw.at),
+            profile=_bounded(raw.profile, _FIELD) or "",
+            outcome=_bounded(raw.outcome, 64) or "",
+            status=raw.status,
+            role_arn=_bounded(raw.role_arn, _LONG_FIELD),
+            grant=_bounded(raw.grant, 64),
+            uid=who.uid,
+            pid=who.pid,
+            exe=exe,
+            cmdline=list(cmdline) if cmdline is not None else None,
+            cwd=cwd,
+            user_agent=agent,
+            source=_bounded(raw.source, 64),
+        )
 
     def _scrub(self, text: str | None, limit: int) -> str | None:
         if text is None:
@@ -196,7 +244,7 @@ class AuditLog:
                 while len(batch) < 256:
                     batch.append(self._queue.get_nowait())
             stop = None in batch
-            lines = [self._line(r) for r in batch if r is not None]
+            lines = [self._line(self._finish(r)) for r in batch if r is not None]
             with self._lock:
                 lost, self._unreported = self._unreported, 0
             if lost:
@@ -215,19 +263,41 @@ class AuditLog:
         return (json.dumps(line, separators=(",", ":")) + "\n").encode("ascii")
 
     def _write(self, lines: list[bytes]) -> None:
+        """A busy daemon queues many lines at once: they go out in as few writes as the
+        rotation size allows (one open and one write per file part)."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            chunk: list[bytes] = []
+            room = self._max_bytes - self._size()
             for line in lines:
-                self._rotate_if_needed(len(line))
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
+                if len(line) > room and (chunk or room < self._max_bytes):
+                    self._append(b"".join(chunk))
+                    chunk = []
+                    self._rotate_if_needed(len(line))
+                    room = self._max_bytes - self._size()
+                chunk.append(line)
+                room -= len(line)
+            if chunk:
+                self._append(b"".join(chunk))
         except OSError as exc:
             self.write_errors += 1
             if self.write_errors == 1 or self.write_errors % 1000 == 0:
                 log.warning("cannot write the audit log %s: %s", self.path, exc.strerror or exc)
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _append(self, data: bytes) -> None:
+        if not data:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
     def _rotate_if_needed(self, incoming: int) -> None:
         try:
