@@ -115,7 +115,12 @@ def test_exec_child_gets_its_profile_only_and_is_audited(daemon: Daemon, tmp_pat
     served = run_cli("exec", "dev", "--", sys.executable, "-c", ASK, env=env)
     child = json.loads(served.stdout)
     assert child["status"] == 200, served.stdout + served.stderr
-    record = wait_for_audit(daemon, lambda r: r.get("pid") == child["pid"] and r["outcome"] == "OK")
+    # exec replaces itself with the child: the CLI's own check of the profile (master token)
+    # and the child's request (its grant) come from the same pid; the child's is the one
+    # with a grant, whatever order the two lines were written in.
+    record = wait_for_audit(
+        daemon, lambda r: r.get("pid") == child["pid"] and r["outcome"] == "OK" and "grant" in r
+    )
     assert record["exe"] == os.path.realpath(sys.executable)
     assert record["profile"] == "dev" and record["grant"].startswith("exec-dev-")
     assert record["uid"] == os.getuid() and "-c" in record["cmdline"]
