@@ -12,7 +12,7 @@ import os
 import click
 
 from rolebroker.cli import containers_setup as containers
-from rolebroker.cli.doctor import Finding, Level
+from rolebroker.cli.doctor import Finding, Level, finding_lines
 
 PORT_HELP = f"The daemon's container port [default: {containers.DEFAULT_CONTAINER_PORT}]"
 LINK_HELP = "Interface type for the address: dummy, or bridge on kernels built without the dummy driver"
@@ -63,17 +63,11 @@ def teardown_command(apply_: bool) -> None:
 
 def render_findings(findings: list[Finding]) -> str:
     """The ``doctor --containers`` section, in the doctor's own layout."""
-    width = max(len(level.value) for level in Level) + 2
     lines = [
         f"rolebroker doctor --containers: {containers.ADDRESS}:{containers.ECS_PORT} for local containers",
         "",
+        *finding_lines(findings),
     ]
-    for finding in findings:
-        lines.append(f"  {finding.level.value:<{width}}{finding.what}")
-        if finding.why:
-            lines.append(f"  {'':<{width}}why: {finding.why}")
-        if finding.fix:
-            lines.append(f"  {'':<{width}}fix: {finding.fix}")
     return "\n".join(lines) + "\n"
 
 

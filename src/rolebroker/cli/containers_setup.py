@@ -210,15 +210,15 @@ def teardown_plan(
     return Plan("teardown", _check_port(container_port), link_kind, tuple(steps))
 
 
-def render(plan: Plan, *, sudo: bool = False) -> str:
-    """The plan as a shell script a user can read, or copy and run."""
+def render_steps(title: str, steps: Sequence[Step], *, sudo: bool, already: str) -> str:
+    """Root steps as a shell script a user can read, or copy and run (containers and port80)."""
     prefix = "sudo " if sudo else ""
-    lines = [f"# rolebroker containers {plan.action} (container port {plan.container_port})"]
-    for step in plan.steps:
+    lines = [f"# {title}"]
+    for step in steps:
         lines.append(f"# {step.why}")
         command = prefix + shlex.join(step.argv)
         if step.done_if:
-            command += "  # fine if it is already " + ("there" if plan.action == "setup" else "gone")
+            command += f"  # fine if it is already {already}"
         if step.stdin is None:
             lines.append(command)
         else:
@@ -226,6 +226,12 @@ def render(plan: Plan, *, sudo: bool = False) -> str:
                 command += " >/dev/null"
             lines.append(f"{command} <<'EOF'\n{step.stdin.rstrip(chr(10))}\nEOF")
     return "\n".join(lines) + "\n"
+
+
+def render(plan: Plan, *, sudo: bool = False) -> str:
+    """The plan as a shell script a user can read, or copy and run."""
+    title = f"rolebroker containers {plan.action} (container port {plan.container_port})"
+    return render_steps(title, plan.steps, sudo=sudo, already="there" if plan.action == "setup" else "gone")
 
 
 @dataclass(frozen=True, slots=True)

@@ -680,18 +680,25 @@ def _check_port80(ctx: _Context) -> None:
 # -- output ------------------------------------------------------------------------------
 
 
-def render(findings: list[Finding], settings: Settings) -> str:
-    lines = [
-        f"rolebroker doctor: daemon on {CLIENT_HOST}:{settings.port}, token file {settings.token_file}",
-        "",
-    ]
+def finding_lines(findings: list[Finding]) -> list[str]:
+    """Each finding: its level and what, then why and the fix, aligned (every doctor section)."""
     width = max(len(level.value) for level in Level) + 2
+    lines: list[str] = []
     for finding in findings:
         lines.append(f"  {finding.level.value:<{width}}{finding.what}")
         if finding.why:
             lines.append(f"  {'':<{width}}why: {finding.why}")
         if finding.fix:
             lines.append(f"  {'':<{width}}fix: {finding.fix}")
+    return lines
+
+
+def render(findings: list[Finding], settings: Settings) -> str:
+    lines = [
+        f"rolebroker doctor: daemon on {CLIENT_HOST}:{settings.port}, token file {settings.token_file}",
+        "",
+    ]
+    lines += finding_lines(findings)
     problems = sum(f.level is Level.PROBLEM for f in findings)
     lines.append("")
     if problems == 1:

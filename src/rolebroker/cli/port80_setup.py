@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from rolebroker.authtoken import new_nonce, proof_is_valid
-from rolebroker.cli.containers_setup import GONE, Runner, Step, run_steps, subprocess_runner
+from rolebroker.cli.containers_setup import GONE, Runner, Step, render_steps, run_steps, subprocess_runner
 from rolebroker.cli.containers_setup import Outcome as Outcome  # for callers' runners
 
 FAMILY = "inet"
@@ -148,20 +148,8 @@ def remove_plan(uid: int, *, persist: bool = True) -> Plan:
 
 def render(plan: Plan, *, sudo: bool) -> str:
     """The plan as a shell script to read, or to copy and run."""
-    prefix = "sudo " if sudo else ""
-    lines = [f"# rolebroker port80 {'--remove' if plan.action == 'remove' else ''}".rstrip()]
-    for step in plan.steps:
-        lines.append(f"# {step.why}")
-        command = prefix + shlex.join(step.argv)
-        if step.done_if:
-            command += "  # fine if it is already gone"
-        if step.stdin is None:
-            lines.append(command)
-        else:
-            if step.argv[0] == "tee":
-                command += " >/dev/null"
-            lines.append(f"{command} <<'EOF'\n{step.stdin.rstrip(chr(10))}\nEOF")
-    return "\n".join(lines) + "\n"
+    title = f"rolebroker port80 {'--remove' if plan.action == 'remove' else ''}".rstrip()
+    return render_steps(title, plan.steps, sudo=sudo, already="there" if plan.action == "setup" else "gone")
 
 
 def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
