@@ -15,6 +15,7 @@ from rolebroker.errors import (
     BrokerError,
     NoSourceCredentials,
     ProfileConfigError,
+    SsoLoginRequired,
     StsRefused,
     StsTimeout,
     StsUnavailable,
@@ -251,6 +252,33 @@ async def test_cold_requests_follow_the_backoff_whatever_their_rate(clock: FakeC
     assert during.retry_after is not None and 0 < during.retry_after <= 32
     # Clients are told the backoff, but never to sleep for more than MAX_RETRY_AFTER.
     assert int(during.headers()["Retry-After"]) == min(math.ceil(during.retry_after), MAX_RETRY_AFTER)
+
+
+async def test_a_hop_waiting_for_the_user_is_rechecked_soon_by_requests(clock: FakeClock) -> None:
+    """An SSO login or an MFA code costs no STS call to check: the first request after the
+    user fixed it must work, however long the refresher's backoff has grown."""
+    cache = make_cache(clock)
+    hop = FakeHop("sso", clock, fail_with=SsoLoginRequired("run: aws sso login --profile sso"))
+    for _ in range(6):  # failures pile up: the refresher's backoff reaches 32 s
+        with pytest.raises(SsoLoginRequired):
+            await cache.get(hop)
+        clock.now += 1.0
+    assert cache.stats(hop).retry_at - clock.now > 5
+    hop.fail_with = None  # the user logged in
+    clock.now += 1.0
+    assert (await cache.get(hop)).access_key_id
+    # A failure that reached STS keeps the exponential backoff past the short pause.
+    throttled = FakeHop("sts", clock, fail_with=StsUnavailable("down"))
+    with pytest.raises(StsUnavailable):
+        await cache.get(throttled)  # call 1: backoff 1 s
+    clock.now += 1.0
+    with pytest.raises(StsUnavailable):
+        await cache.get(throttled)  # call 2: backoff 2 s
+    throttled.fail_with = None
+    clock.now += 1.0  # past USER_RECHECK, inside the backoff
+    with pytest.raises(StsUnavailable):
+        await cache.get(throttled)
+    assert throttled.calls == 2
 
 
 async def test_requests_during_a_sources_backoff_do_not_call_it(clock: FakeClock) -> None:

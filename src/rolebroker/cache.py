@@ -32,6 +32,9 @@ from rolebroker.timing import RefreshTiming
 log = logging.getLogger("rolebroker")
 
 Clock = Callable[[], float]
+
+USER_RECHECK = 1.0
+"""Seconds before a request looks again at a hop waiting for the user (login, MFA code)."""
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -171,10 +174,22 @@ class CredentialCache:
         flight = self._flights.get(hop.key)
         if flight is None:
             stats = self.stats(hop)
-            if stats.last_error is not None and now < stats.retry_at:
-                raise stats.last_error.copy(retry_after=stats.retry_at - now)
+            until = self._request_retry_at(stats)
+            if stats.last_error is not None and now < until:
+                raise stats.last_error.copy(retry_after=until - now)
             flight = self._start(hop)
         return await self._join(flight, hop, wait, then="retry in a few seconds")
+
+    @staticmethod
+    def _request_retry_at(stats: HopStats) -> float:
+        """When a request may try the hop again. A failure only the user can fix and whose
+        check calls nobody (an SSO login, an MFA code) is looked at again after a short
+        pause, so the first request after `aws sso login` works; the background refresher
+        and every failure that reached STS keep the exponential backoff."""
+        error = stats.last_error
+        if error is not None and error.awaits_user and not error.reached_upstream:
+            return min(stats.retry_at, (stats.last_error_at or 0.0) + USER_RECHECK)
+        return stats.retry_at
 
     def refresh_due(self, hop: Hop) -> bool:
         """For the refresher: start a background refresh if this hop needs one now."""
