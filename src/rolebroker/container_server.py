@@ -45,7 +45,7 @@ from rolebroker.errors import (
 from rolebroker.grants import Grant, GrantStore, looks_like_grant
 from rolebroker.httpdate import HttpDate, dated
 from rolebroker.logs import LogThrottle, escape
-from rolebroker.server import send_error
+from rolebroker.server import scan_headers, send_credentials, send_error
 
 log = logging.getLogger("rolebroker")
 
@@ -84,18 +84,15 @@ class _Request:
 
 
 def _parse(scope: Scope) -> _Request:
-    hosts: list[str] = []
-    authorization = agent = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            hosts.append(value.decode("latin-1"))
-        elif name == b"authorization":
-            authorization = value.decode("latin-1")
-        elif name == b"user-agent":
-            agent = value.decode("latin-1")
+    headers = scan_headers(scope)
     client = scope.get("client")
     return _Request(
-        scope["method"], scope["path"], hosts, authorization, agent, str(client[0]) if client else None
+        scope["method"],
+        scope["path"],
+        headers.hosts,
+        headers.authorization,
+        headers.agent,
+        str(client[0]) if client else None,
     )
 
 
@@ -150,14 +147,7 @@ class ContainerApp:
             return
         self._grants.touch(grant)
         self._record(request, profile, grant, "OK", 200)
-        headers = [
-            (b"date", self._date()),
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", b"application/json"),
-            (b"cache-control", b"no-store"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_credentials(send, body, self._date())
 
     def _admit(self, request: _Request, seen: _Seen) -> tuple[str, Grant]:
         """(profile, grant) for a request this listener serves, else the refusal. The order

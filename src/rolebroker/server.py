@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -115,20 +115,14 @@ class Guard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        hosts: list[str] = []
-        authorization = length = agent = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"host":
-                hosts.append(value.decode("latin-1"))
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"user-agent":
-                agent = value.decode("latin-1")
+        headers = scan_headers(scope)
+        hosts, authorization, length, agent = (
+            headers.hosts,
+            headers.authorization,
+            headers.length,
+            headers.agent,
+        )
+        chunked = headers.chunked
         path: str = scope["path"]
         route = route_of(path)
         body_pending = chunked or (length is not None and length != b"0")
@@ -169,7 +163,7 @@ class Guard:
         elif self._warm is not None and context.profile is not None and scope["method"] == "GET":
             body = self._warm(context.profile)
             if body is not None:
-                await _send_warm(send, body, self._date())
+                await send_credentials(send, body, self._date())
                 self._served(context, (lookup, caller), agent)
                 return
         scope[REQUEST_KEY] = context
@@ -225,8 +219,37 @@ def _host_refusal(hosts: list[str]) -> BrokerError | None:
     return None
 
 
-async def _send_warm(send: Send, body: bytes, date: bytes) -> None:
-    """The warm answer of GET /creds without routing: the headers JSONResponse would send."""
+@dataclass(slots=True)
+class RequestHeaders:
+    """What the guards of both listeners read from a request's headers, in one pass."""
+
+    hosts: list[str] = field(default_factory=list)
+    """Every Host header: more than one is refused (which one counts would be ambiguous)."""
+    authorization: str | None = None
+    length: bytes | None = None
+    chunked: bool = False
+    agent: str | None = None
+
+
+def scan_headers(scope: Scope) -> RequestHeaders:
+    found = RequestHeaders()
+    for name, value in scope["headers"]:
+        if name == b"host":
+            found.hosts.append(value.decode("latin-1"))
+        elif name == b"authorization":
+            found.authorization = value.decode("latin-1")
+        elif name == b"content-length":
+            found.length = value
+        elif name == b"transfer-encoding":
+            found.chunked = True
+        elif name == b"user-agent":
+            found.agent = value.decode("latin-1")
+    return found
+
+
+async def send_credentials(send: Send, body: bytes, date: bytes) -> None:
+    """A 200 with serialised credentials, without routing: the headers JSONResponse would send
+    (the loopback fast path and the container listener)."""
     headers = [
         (b"date", date),
         (b"content-length", str(len(body)).encode()),
