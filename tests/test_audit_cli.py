@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from rolebroker import auditlog, discovery
-from rolebroker.cli.admin import format_status, last_caller_cell
+from rolebroker.cli.statusformat import format_status, last_caller_cell
 from rolebroker.statusdoc import CallerInfo, ProfileStatus, StatusDoc
 from tests.support.cli import cli_env, invoke_cli, run_cli
 from tests.support.daemon import Daemon

@@ -2,8 +2,9 @@
 
 Two checks: statically (ast), the module-level imports of rolebroker.cli.* form no cycle
 and never reach a daemon-side module; and, in real processes against the real daemon,
-``token``, ``env`` and ``status`` never import the daemon's heavy dependencies (read from
-``python -X importtime``, which lists every module a process imports, lazy ones too).
+``token``, ``env`` and ``status`` never import the daemon's heavy dependencies, nor click for
+their plain forms (quick.py) (read from ``python -X importtime``, which lists every module a
+process imports, lazy ones too).
 """
 
 from __future__ import annotations
@@ -153,7 +154,11 @@ def _imported(stderr: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("args", [("token",), ("env", "prod"), ("status",), ("audit", "--last", "1")])
+QUICK = [("token",), ("env", "prod"), ("status",), ("env", "prod", "--shell", "fish", "--no-check")]
+"""Forms quick.py answers without click."""
+
+
+@pytest.mark.parametrize("args", [*QUICK, ("audit", "--last", "1")])
 def test_shell_start_commands_import_nothing_heavy(daemon: Daemon, args: tuple[str, ...]) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "rolebroker", *args],
@@ -165,7 +170,11 @@ def test_shell_start_commands_import_nothing_heavy(daemon: Daemon, args: tuple[s
     )
     assert result.returncode == 0, result.stderr[-2000:]
     imported = _imported(result.stderr)
-    assert "rolebroker.cli.main" in imported  # the trace really is this command's
+    assert "rolebroker.cli.quick" in imported  # the trace really is this command's
+    if args in QUICK:  # the forms a shell start runs do not even load the CLI framework
+        assert "click" not in imported and "rolebroker.cli.main" not in imported
+    else:
+        assert "rolebroker.cli.main" in imported
     heavy = sorted(m for m in imported if any(m == h or m.startswith(h + ".") for h in HEAVY))
     assert not heavy, f"rolebroker {' '.join(args)} imported {heavy}"
     assert not daemon.leaked(result.stderr)

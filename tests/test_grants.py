@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rolebroker import grants
+from rolebroker import grantcode, grants
 from rolebroker.errors import (
     GrantExpired,
     GrantLimitReached,
@@ -18,7 +18,8 @@ from rolebroker.errors import (
     InvalidGrantRequest,
     InvalidToken,
 )
-from rolebroker.grants import GrantStore, parse_duration
+from rolebroker.grantcode import parse_duration
+from rolebroker.grants import GrantStore
 
 MASTER = "m" * 43
 
@@ -53,7 +54,7 @@ def store_at(path: Path, clock: Clock, master: list[str], **kwargs: int) -> Gran
 def test_a_grant_opens_its_profiles_and_nothing_else(path: Path, clock: Clock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     grant, secret = store.create(["dev", "staging"], ttl=3600, name="ci")
-    assert secret.startswith("rbg1.") and len(secret) == grants.GRANT_CHARS
+    assert secret.startswith("rbg1.") and len(secret) == grantcode.GRANT_CHARS
     assert secret.isascii() and not any(c.isspace() for c in secret)
     found = store.verify(secret)
     assert found == grant
@@ -99,7 +100,7 @@ def test_forged_and_malformed_strings_are_invalid(path: Path, clock: Clock, mast
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"])
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
-    unknown_id = grants.grant_string(MASTER, "A" * 22)  # a correct mac for an id never issued
+    unknown_id = grantcode.grant_string(MASTER, "A" * 22)  # a correct mac for an id never issued
     for bad in (None, "", MASTER, flipped, secret + "x", "rbg1." + "A" * 66, unknown_id, secret.upper()):
         with pytest.raises(InvalidToken):
             store.verify(bad)
@@ -225,7 +226,7 @@ def test_parse_duration() -> None:
     assert parse_duration("2h") == 7200
     assert parse_duration("1d") == 86400
     assert parse_duration("1h30m") == 5400
-    assert grants.DEFAULT_EXEC_TTL == 12 * 3600
+    assert grantcode.DEFAULT_EXEC_TTL == 12 * 3600
     for bad in ("", "2", "h", "2x", "-1h", "0s", "1.5h", "400d", "2h junk"):
         with pytest.raises(ValueError):
             parse_duration(bad)

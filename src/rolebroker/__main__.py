@@ -1,3 +1,3 @@
-from rolebroker.cli.main import cli
+from rolebroker.cli.quick import main
 
-cli()
+main()

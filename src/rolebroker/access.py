@@ -26,7 +26,8 @@ from rolebroker.errors import (
     MasterTokenRequired,
     MissingToken,
 )
-from rolebroker.grants import Grant, GrantStore, looks_like_grant
+from rolebroker.grantcode import looks_like_grant
+from rolebroker.grants import Grant, GrantStore
 from rolebroker.identity import CallerIdentity
 from rolebroker.statusdoc import CallerInfo
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rolebroker.config import default_state_dir
-from rolebroker.logs import escape
+from rolebroker.textsafe import escape
 
 _EXE_WIDTH = 24
 _COMMAND_WIDTH = 72

@@ -3,23 +3,23 @@
 The proof exists because any local user can bind a free loopback port: before the CLI sends
 the token anywhere, the listener must show that it knows the token without the CLI revealing
 it (a keyed hash of a fresh nonce and of the address the connection arrived on).
+
+Every module beyond ``os`` and ``pathlib`` is imported where it is used: ``rolebroker token``
+only reads the file, and a shell start should not pay for hashing it does not do.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import os
-import secrets
 import stat
-import threading
 from pathlib import Path
 
 PROOF_LABEL = b"rolebroker listener proof v1\x00"
 """Domain separation: a proof can never be mistaken for any other use of the token."""
 NONCE_BYTES = 32
 NONCE_HEX_CHARS = 2 * NONCE_BYTES
+PROOF_HEX_CHARS = 64
+"""A hex HMAC-SHA256."""
 
 
 class TokenFileError(OSError):
@@ -28,6 +28,8 @@ class TokenFileError(OSError):
 
 def new_token() -> str:
     """32 random bytes, url-safe base64: no newline or space a client could choke on."""
+    import secrets
+
     return secrets.token_urlsafe(32)
 
 
@@ -52,6 +54,8 @@ def write_token(path: Path, token: str) -> None:
     """Replace the token file atomically (a reader sees the old or the new token, never a
     half-written one), 0600, no trailing newline."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import secrets
+
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -90,6 +94,8 @@ def read_token(path: Path) -> str:
 def token_matches(expected: str, presented: str | None) -> bool:
     if presented is None:
         return False
+    import hmac
+
     return hmac.compare_digest(expected.encode(), presented.encode("latin-1", "replace"))
 
 
@@ -99,14 +105,20 @@ class TokenStore:
     def __init__(self, token: str, path: Path) -> None:
         self._token = token
         self.path = path
+        import hmac
+        import threading
+
         self._rotating = threading.Lock()
+        self._compare = hmac.compare_digest  # bound once: matches() runs on every request
 
     @property
     def current(self) -> str:
         return self._token
 
     def matches(self, presented: str | None) -> bool:
-        return token_matches(self._token, presented)
+        if presented is None:
+            return False
+        return self._compare(self._token.encode(), presented.encode("latin-1", "replace"))
 
     def rotate(self) -> None:
         """Write the new token first: if the file cannot be written, the old one stays valid
@@ -123,6 +135,8 @@ class TokenStore:
 def canonical_address(host: str, port: int) -> bytes:
     """``host:port`` as both ends spell it: brackets and zone dropped, IPv4-mapped IPv6 as
     IPv4, IPv6 compressed (``::1``)."""
+    import ipaddress
+
     name = host.strip("[]").split("%", 1)[0]
     try:
         ip = ipaddress.ip_address(name)
@@ -134,6 +148,8 @@ def canonical_address(host: str, port: int) -> bytes:
 
 
 def new_nonce() -> bytes:
+    import secrets
+
     return secrets.token_bytes(NONCE_BYTES)
 
 
@@ -150,13 +166,18 @@ def listener_proof(token: str, nonce: bytes, host: str, port: int) -> str:
     the real daemon on port B gets a proof for B."""
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"a proof nonce is {NONCE_BYTES} bytes")
+    import hashlib
+    import hmac
+
     message = PROOF_LABEL + nonce + canonical_address(host, port)
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def proof_is_valid(token: str, nonce: bytes, host: str, port: int, presented: object) -> bool:
     """Constant-time check of a listener's answer against the address the CLI connected to."""
-    if not isinstance(presented, str) or len(presented) != 2 * hashlib.sha256().digest_size:
+    if not isinstance(presented, str) or len(presented) != PROOF_HEX_CHARS:
         return False
+    import hmac
+
     expected = listener_proof(token, nonce, host, port)
     return hmac.compare_digest(expected.encode(), presented.encode("ascii", "replace"))

@@ -6,9 +6,7 @@ Precedence: command-line flags, then ``ROLEBROKER_*`` environment variables, the
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -70,6 +68,8 @@ def default_config_file(environ: Mapping[str, str]) -> Path:
 def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
+    import ipaddress  # the CLI reads settings on every shell start: only when a host is given
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -177,10 +177,16 @@ def load_settings(
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        handle = path.open("rb")
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from None
+    import tomllib  # most machines have no config.toml: the CLI does not pay for the parser
+
+    try:
+        with handle:
+            data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read {path}: {exc}") from None
     known = {f.name for f in fields(Settings)} & set(_CONVERTERS)

@@ -42,10 +42,12 @@ from rolebroker.errors import (
     MissingToken,
     NotFound,
 )
-from rolebroker.grants import Grant, GrantStore, looks_like_grant
+from rolebroker.grantcode import looks_like_grant
+from rolebroker.grants import Grant, GrantStore
 from rolebroker.httpdate import HttpDate, dated
-from rolebroker.logs import LogThrottle, escape
+from rolebroker.logs import LogThrottle
 from rolebroker.server import scan_headers, send_credentials, send_error
+from rolebroker.textsafe import escape
 
 log = logging.getLogger("rolebroker")
 

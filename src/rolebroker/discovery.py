@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +56,8 @@ def discovery_file(environ: Mapping[str, str]) -> Path:
 
 def write(path: Path, info: DaemonInfo) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import secrets  # only the daemon writes the file
+
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:

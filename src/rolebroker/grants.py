@@ -1,11 +1,9 @@
 """Grants: credentials for the endpoint that cover only some profiles, for a while.
 
-A grant string is ``rbg1.<id>.<mac>``: ``id`` is 128 random bits, ``mac`` is
-HMAC-SHA256(master token, label + id), both URL-safe base64 without padding (71 ASCII
-characters, no whitespace: every SDK sends it unchanged as ``Authorization``). The daemon
-recomputes the mac from the master token, so the grants file holds no secret at all, only
-metadata (name, profiles, times, revoked flag), and anyone who can read it learns nothing that
-opens the endpoint.
+A grant string (grantcode.py) is ``rbg1.<id>.<mac>``, the mac an HMAC of the id under the
+master token. The daemon recomputes the mac from the master token, so the grants file holds
+no secret at all, only metadata (name, profiles, times, revoked flag), and anyone who can
+read it learns nothing that opens the endpoint.
 
 The master token is the root of trust: rotating it (``rolebroker token --rotate``) invalidates
 every grant at once, since none of their macs verifies any more.
@@ -17,9 +15,7 @@ only read and update memory, so the request path never waits on the disk.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -44,21 +40,18 @@ from rolebroker.errors import (
     InvalidGrantRequest,
     InvalidToken,
 )
+from rolebroker.grantcode import (
+    ID_BYTES,
+    MAX_TTL,
+    b64,
+    grant_string,
+    mac_for,
+    split_grant,
+    valid_grant_id,
+)
 
 log = logging.getLogger(__name__)
 
-PREFIX = "rbg1"
-MAC_LABEL = b"rolebroker grant v1\x00"
-"""Domain separation: a grant mac is never a listener proof or any other use of the token."""
-ID_BYTES = 16
-_ID_CHARS = 22  # base64url of 16 bytes, unpadded
-_MAC_CHARS = 43  # base64url of 32 bytes, unpadded
-GRANT_CHARS = len(PREFIX) + 1 + _ID_CHARS + 1 + _MAC_CHARS
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-DEFAULT_EXEC_TTL = 12 * 3600.0
-"""Seconds a grant made for ``rolebroker exec`` lives unless told otherwise."""
-MAX_TTL = 366 * 86400.0
 MAX_GRANTS = 1000
 """Grants kept in the file; ``create`` refuses more (after pruning) rather than grow it."""
 KEEP_DEAD = 86400.0
@@ -70,22 +63,8 @@ MAX_PROFILE_NAME = 128
 MAX_FILE_BYTES = 4 << 20
 """A grants file larger than this is not read (1,000 grants take about 300 KB)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]*")
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _NEW_GRANT = 'get a new one: rolebroker grant PROFILE, or in a shell: eval "$(rolebroker env PROFILE)"'
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``2h``, ``1d`` or combinations (``1h30m``) -> seconds."""
-    cleaned = text.strip().lower()
-    parts = _DURATION.findall(cleaned)
-    if not parts or "".join(n + u for n, u in parts) != cleaned:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 30m, 2h, 1d or 1h30m")
-    seconds = float(sum(int(n) * _UNITS[u] for n, u in parts))
-    if not 0 < seconds <= MAX_TTL:
-        raise ValueError(f"{text!r}: a duration must be more than 0 and at most 366 days")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,20 +106,6 @@ class Grant:
         }
 
 
-def mac_for(master: str, grant_id: str) -> str:
-    digest = hmac.new(master.encode(), MAC_LABEL + grant_id.encode("ascii"), hashlib.sha256).digest()
-    return _b64(digest)
-
-
-def grant_string(master: str, grant_id: str) -> str:
-    return f"{PREFIX}.{grant_id}.{mac_for(master, grant_id)}"
-
-
-def looks_like_grant(header: str | None) -> bool:
-    """Cheap test so the server can tell a grant from a master token before verifying."""
-    return header is not None and header.startswith(PREFIX + ".")
-
-
 class GrantStore:
     """The daemon's grants: verified in memory, persisted as JSON without any secret."""
 
@@ -175,7 +140,7 @@ class GrantStore:
         """The grant this ``Authorization`` value is, or InvalidToken / GrantExpired /
         GrantRevoked. The mac is checked (constant time) before the id is looked up, so a
         caller without the master token cannot even learn whether an id exists."""
-        parsed = _split(header)
+        parsed = split_grant(header)
         if parsed is None:
             raise InvalidToken(_invalid_message())
         grant_id, presented = parsed
@@ -216,7 +181,7 @@ class GrantStore:
         _check_profiles(wanted)
         if ttl is not None and not 0 < ttl <= MAX_TTL:
             raise InvalidGrantRequest("a grant's lifetime must be more than 0 s and at most 366 days")
-        grant_id = _b64(secrets.token_bytes(ID_BYTES))
+        grant_id = b64(secrets.token_bytes(ID_BYTES))
         if name is None:
             name = f"{wanted[0][:40]}-{grant_id[:6]}"
             name = name if _NAME.fullmatch(name) else f"grant-{grant_id[:6]}"
@@ -343,22 +308,6 @@ class GrantStore:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _split(header: str | None) -> tuple[str, str] | None:
-    if header is None or len(header) != GRANT_CHARS:
-        return None
-    prefix, _, rest = header.partition(".")
-    grant_id, _, mac = rest.partition(".")
-    if prefix != PREFIX or len(grant_id) != _ID_CHARS or len(mac) != _MAC_CHARS:
-        return None
-    if not (_B64URL.fullmatch(grant_id) and _B64URL.fullmatch(mac)):
-        return None
-    return grant_id, mac
-
-
 def _invalid_message() -> str:
     return "this grant is not valid (the token was rotated, or it was never issued here); " + _NEW_GRANT
 
@@ -398,7 +347,7 @@ def _from_json(record: Mapping[str, Any]) -> tuple[Grant, float | None]:
     grant_id = record["id"]
     name = record["name"]
     profiles = tuple(record["profiles"])
-    if not (isinstance(grant_id, str) and len(grant_id) == _ID_CHARS and _B64URL.fullmatch(grant_id)):
+    if not (isinstance(grant_id, str) and valid_grant_id(grant_id)):
         raise ValueError("bad id")
     if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME):
         raise ValueError("bad name")

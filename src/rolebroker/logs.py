@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from rolebroker.textsafe import escape, escape_keeping_lines
 
 _JOURNAL_PRIORITY = {
     logging.CRITICAL: 2,
@@ -22,21 +23,6 @@ _JOURNAL_PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
-
-_INVISIBLE = "\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x1f{_INVISIBLE}]")
-"""C0 and C1 controls (CR, LF, ESC...), DEL, line/paragraph separators, bidi overrides."""
-_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f{_INVISIBLE}]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escape(text: str) -> str:
-    """``text`` on one line, every control character written as ``\\xNN``."""
-    return _UNSAFE.sub(_escaped, text)
 
 
 class _SafeFormatter(logging.Formatter):
@@ -47,10 +33,10 @@ class _SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        return _UNSAFE_BUT_NEWLINE.sub(_escaped, super().formatException(ei))
+        return escape_keeping_lines(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return _UNSAFE_BUT_NEWLINE.sub(_escaped, super().formatStack(stack_info))
+        return escape_keeping_lines(super().formatStack(stack_info))
 
 
 class _JournalFormatter(_SafeFormatter):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from rolebroker.grants import grant_string
+from rolebroker.grantcode import grant_string
 from tests.support.procs import ManagedProcess, free_port
 from tests.support.waiting import wait_until
 

@@ -19,12 +19,12 @@ from rolebroker.authtoken import new_token, write_token
 from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
 from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
+from rolebroker.cli.statusformat import format_status
 from rolebroker.config import Settings
-from rolebroker.logs import escape
 from rolebroker.mfacode import valid_code
 
 if TYPE_CHECKING:
-    from rolebroker.statusdoc import CallerInfo, ProfileStatus, StatusDoc
+    pass
 
 
 @click.command("status")
@@ -181,113 +181,6 @@ def doctor_command(
     click.echo(doctor.render(findings, settings), nl=False)
     if doctor.has_problems(findings):
         sys.exit(1)
-
-
-# -- status table ------------------------------------------------------------------------------
-
-
-def format_status(status: StatusDoc, now: float) -> str:
-    """A table a human can read at a glance, then the full error messages."""
-    lines = [
-        f"rolebroker {status.version or '?'} on {status.listen or '?'} "
-        f"(pid {status.pid if status.pid is not None else '?'}, up {_duration(status.uptime_seconds)}), "
-        f"{status.sts_calls_total} STS calls, "
-        f"renews {_duration(status.refresh_before_seconds)} before expiry",
-    ]
-    if status.aws_config_files:
-        lines.append("AWS config: " + ", ".join(status.aws_config_files))
-    config_error = status.config_error
-    if config_error is not None and status.profiles:
-        lines.append(
-            f"AWS config error: {config_error.code}: {config_error.message} (serving the last good version)"
-        )
-    if status.audit_file:
-        lines.append(f"Audit log: {escape(status.audit_file)} (rolebroker audit)")
-    if status.caller_identity == "unavailable":
-        lines.append(
-            "Caller identity: unavailable on this system: no ForeignUser check, no pid or program "
-            "in the audit log"
-        )
-    lines.append("")
-    header = ("PROFILE", "STATE", "EXPIRES IN", "LAST REFRESH", "LAST ERROR", "LAST CALLER")
-    rows = [header]
-    details: list[str] = []
-    for profile in status.profiles:
-        rows.append(_row(profile, now))
-        if profile.last_error is not None:
-            details.append(f"{profile.name}: {profile.last_error.code}: {profile.last_error.message}")
-    if not status.profiles and config_error is not None:
-        lines.append(
-            "No profiles: the daemon could not read the AWS config "
-            f"({config_error.code}: {config_error.message}); fix it, then: rolebroker reload"
-        )
-    elif not status.profiles:
-        lines.append("No profiles in the AWS config.")
-    else:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines += [
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-        ]
-    if details:
-        lines += ["", *details]
-    return "\n".join(lines) + "\n"
-
-
-def _row(profile: ProfileStatus, now: float) -> tuple[str, str, str, str, str, str]:
-    error_cell = "-"
-    if profile.last_error is not None:
-        when = _ago(profile.last_error.at, now)
-        error_cell = profile.last_error.code + (f" ({when})" if when != "-" else "")
-    return (
-        profile.name,
-        profile.state,
-        _duration(profile.expires_in_seconds),
-        _ago(profile.last_refresh, now),
-        error_cell,
-        last_caller_cell(profile.last_caller, now),
-    )
-
-
-def last_caller_cell(caller: CallerInfo | None, now: float) -> str:
-    """``python3 (pid 4321, 2m ago, grant ci)``: the program's name, escaped (it is what the
-    caller's process shows); no grant means the master token (or a tokenless same-user call)."""
-    if caller is None:
-        return "-"
-    program = escape(caller.exe.rsplit("/", 1)[-1]) if caller.exe else "unknown process"
-    details = [f"pid {caller.pid}"] if caller.pid is not None else []
-    when = _ago(caller.at, now)
-    if when != "-":
-        details.append(when)
-    if caller.grant:
-        details.append(f"grant {escape(caller.grant)}")
-    return f"{program} ({', '.join(details)})" if details else program
-
-
-def _duration(seconds: float | None) -> str:
-    if not isinstance(seconds, int | float):
-        return "-"
-    total = int(seconds)
-    if total < 0:
-        return "expired"
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m"
-    return f"{secs}s"
-
-
-def _ago(stamp: str | None, now: float) -> str:
-    import calendar
-
-    if not isinstance(stamp, str):
-        return "-"
-    try:
-        then = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
-    except ValueError:
-        return stamp
-    return f"{_duration(max(0, now - then))} ago"
 
 
 COMMANDS: tuple[click.Command, ...] = (

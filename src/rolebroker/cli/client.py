@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rolebroker import discovery
-from rolebroker.authtoken import new_nonce, proof_is_valid, read_token
 from rolebroker.config import DEFAULT_PORT, Settings
 from rolebroker.errors import BadReply, HttpError
 
@@ -123,6 +122,10 @@ class DaemonClient:
         """The daemon's token. A missing file usually means the daemon never ran; asking
         /healthz first also starts a socket-activated daemon, which then writes it."""
         if self._token is None:
+            from rolebroker.authtoken import (
+                read_token,
+            )  # with the proof's hashing: not every command needs it
+
             try:
                 self._token = read_token(self.settings.token_file)
             except FileNotFoundError:
@@ -279,6 +282,8 @@ class DaemonClient:
 
     def _prove(self, connection: http.client.HTTPConnection, token: str) -> None:
         """Ask the listener for HMAC(token, nonce, the address we connected to); no token sent."""
+        from rolebroker.authtoken import new_nonce, proof_is_valid
+
         nonce = new_nonce()
         connection.request(
             "GET", f"/proof?nonce={nonce.hex()}", headers={"Host": f"{CLIENT_HOST}:{self.settings.port}"}

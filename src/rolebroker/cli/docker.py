@@ -26,7 +26,7 @@ from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.cli.shell import EXEC_FAILED, ExecError, options_first
 from rolebroker.cli.shellenv import read_aws_config
 from rolebroker.errors import BadReply
-from rolebroker.grants import DEFAULT_EXEC_TTL, parse_duration
+from rolebroker.grantcode import DEFAULT_EXEC_TTL, parse_duration
 
 CONTAINER_HOST = "169.254.170.2"
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"

@@ -11,8 +11,6 @@ every shell of a profile the same untimed grant instead of piling up a new one p
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,11 +18,9 @@ from typing import Any
 
 import click
 
-from rolebroker.cli.client import DaemonClient, DaemonError
+from rolebroker.cli.client import DaemonClient
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
-from rolebroker.grants import DEFAULT_EXEC_TTL, grant_string, parse_duration
-
-GRANT_FILE_DIR = ("rolebroker", "grants")
+from rolebroker.grantcode import DEFAULT_EXEC_TTL, parse_duration
 
 
 def duration(text: str | None) -> float | None:
@@ -35,60 +31,6 @@ def duration(text: str | None) -> float | None:
         return parse_duration(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ttl") from None
-
-
-def client_grant(client: DaemonClient, kind: str, profile: str, ttl: float | None) -> tuple[str, str]:
-    """(name, grant string) of a grant for ``profile`` alone, made for ``kind`` (``env`` or
-    ``exec``). ``env`` without a TTL reuses its live untimed grant for that profile."""
-    if kind == "env" and ttl is None:
-        for row in client.grants():
-            if (
-                row.get("state") == "active"
-                and row.get("profiles") == [profile]
-                and row.get("expires_at") is None
-                and str(row.get("name", "")).startswith(f"env-{_label(profile)}-")
-                and isinstance(row.get("id"), str)
-            ):
-                return str(row["name"]), grant_string(client.token(), row["id"])
-    name = f"{kind}-{_label(profile)}-{secrets.token_hex(3)}"
-    made = client.create_grant([profile], ttl, name)
-    grant = made.get("grant")
-    if not isinstance(grant, str):
-        raise DaemonError(502, "BadReply", "POST /grants returned no grant; is that rolebroker?")
-    return str(made.get("name", name)), grant
-
-
-def _label(profile: str) -> str:
-    """The profile as it may appear in a grant name (letters, digits, . _ @ : + -)."""
-    kept = "".join(c if c.isalnum() or c in "._@:+-" else "_" for c in profile)[:40]
-    return kept if kept[:1].isalnum() else f"p{kept}"[:40]
-
-
-def grant_file_dir(environ: Mapping[str, str]) -> Path:
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime).joinpath(*GRANT_FILE_DIR)
-    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state).joinpath(*GRANT_FILE_DIR)
-
-
-def write_grant_file(environ: Mapping[str, str], name: str, grant: str) -> Path:
-    """The grant in a private file (0600, directory 0700), for
-    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; replaced whole, never half-written."""
-    directory = grant_file_dir(environ)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    path = directory / name
-    temporary = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(grant)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 @click.command("grant")
@@ -178,4 +120,4 @@ def format_grants(rows: Sequence[Mapping[str, Any]], _now: float) -> str:
 
 COMMANDS: tuple[click.Command, ...] = (grant_command, grants_command)
 
-__all__ = ["COMMANDS", "DEFAULT_EXEC_TTL", "client_grant", "duration", "write_grant_file"]
+__all__ = ["COMMANDS", "DEFAULT_EXEC_TTL", "duration"]

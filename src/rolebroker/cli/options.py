@@ -4,16 +4,13 @@ as ``serve`` reads them, and one-line errors instead of tracebacks."""
 from __future__ import annotations
 
 import contextlib
-import os
-import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from rolebroker import discovery
+from rolebroker.cli import daemonsettings
 from rolebroker.cli.client import ClientError
 from rolebroker.config import DEFAULT_PORT, Settings, SettingsError, load_settings
 
@@ -42,25 +39,12 @@ def settings_for(port: int | None = None, token_file: Path | None = None, **flag
 
 
 def daemon_settings(port: int | None, token_file: Path | None) -> Settings:
-    """The settings of a command that talks to the daemon: as ``serve`` reads them, except
-    that when no flag, ROLEBROKER_PORT or config.toml names a port, the port of the running
-    daemon's discovery file (daemon.json) wins over the default."""
-    settings = settings_for(port, token_file)
-    if port is None and not os.environ.get("ROLEBROKER_PORT") and not _config_names_port(settings):
-        found = discovery.read(discovery.discovery_file(os.environ))
-        if found is not None:
-            settings = replace(settings, port=found.port)
-    return settings
-
-
-def _config_names_port(settings: Settings) -> bool:
-    if settings.config_file is None:
-        return False
+    """The settings of a command that talks to the daemon (daemonsettings.py); a bad value
+    is a usage error, not a traceback."""
     try:
-        with settings.config_file.open("rb") as handle:
-            return "port" in tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
+        return daemonsettings.resolve(port, token_file)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ nothing of the daemon side: see tests/test_cli_imports.py.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,9 @@ import click
 
 from rolebroker.cli import export, shellenv
 from rolebroker.cli.client import DaemonClient, DaemonError
-from rolebroker.cli.grants import DEFAULT_EXEC_TTL, client_grant, duration, write_grant_file
+from rolebroker.cli.clientenv import CommandFailed, EnvRequest, client_environment, env_script
+from rolebroker.cli.grants import DEFAULT_EXEC_TTL, duration
 from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
-from rolebroker.config import DEFAULT_PORT, Settings
 from rolebroker.errors import BadReply
 
 EXEC_FAILED = 125
@@ -83,21 +82,12 @@ def env_command(
     The profile is fetched once first, so typos fail here and the first SDK call is warm.
     """
     settings = daemon_settings(port, token_file)
-    chosen = shell or shellenv.detect_shell(os.environ)
-    planned = _client_environment(
-        settings,
-        profile,
-        check=not no_check,
-        export_token_file=export_token_file,
-        kind="env",
-        ttl=duration(ttl),
-    )
-    for note in planned.notes:
-        click.echo(f"rolebroker: note: {note}", err=True)
-    flags = _port_flag(settings) + (f" --token-file {_quote_arg(str(token_file))}" if token_file else "")
-    hint = shellenv.eval_hint(chosen, f"rolebroker env {_quote_arg(profile)}{flags}")
-    footer = f"rolebroker profile {profile} on 127.0.0.1:{settings.port}; run: {hint}"
-    click.echo(planned.render(chosen, footer=footer), nl=False)
+    request = EnvRequest(profile, shell, duration(ttl), export_token_file, not no_check, token_file)
+    try:
+        script = env_script(settings, request, warn=_warn)
+    except CommandFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(script, nl=False)
 
 
 class ExecCommand(click.Command):
@@ -164,15 +154,18 @@ def exec_command(
     argv = list(command[1:] if command[:1] == ("--",) else command)
     argv = argv or [os.environ.get("SHELL") or "/bin/sh"]
     seconds = duration(ttl)
-    planned = _client_environment(
-        settings,
-        profile,
-        check=True,
-        export_token_file=False,
-        kind="exec",
-        ttl=DEFAULT_EXEC_TTL if seconds is None else seconds,
-        error=ExecError,
-    )
+    try:
+        planned = client_environment(
+            settings,
+            profile,
+            check=True,
+            export_token_file=False,
+            kind="exec",
+            ttl=DEFAULT_EXEC_TTL if seconds is None else seconds,
+            warn=_warn,
+        )
+    except CommandFailed as exc:
+        raise ExecError(str(exc)) from None
     for note in planned.notes:
         click.echo(f"rolebroker: note: {note}", err=True)
     environment = planned.apply(os.environ)
@@ -193,58 +186,8 @@ def _exit(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
-def _client_environment(
-    settings: Settings,
-    profile: str,
-    *,
-    check: bool,
-    export_token_file: bool,
-    kind: str,
-    ttl: float | None,
-    error: type[click.ClickException] = click.ClickException,
-) -> shellenv.ShellEnv:
-    """The environment for ``profile`` with a grant for it alone (never the master token)."""
-    client = DaemonClient(settings)
-    with reported(error):
-        if check:
-            _check_profile(client, profile, error)
-        name, grant = client_grant(client, kind, profile, ttl)
-    grant_file = None
-    if export_token_file:
-        try:
-            grant_file = write_grant_file(os.environ, name, grant)
-        except OSError as exc:
-            raise error(f"cannot write the grant file: {exc}") from None
-    return shellenv.plan(
-        url=client.creds_url(profile),
-        token=grant,
-        profile=profile,
-        environ=os.environ,
-        aws_config=shellenv.read_aws_config(os.environ, profile),
-        token_file=grant_file,
-    )
-
-
-def _check_profile(client: DaemonClient, profile: str, error: type[click.ClickException]) -> None:
-    """4xx: the user must act first (typo, SSO login, MFA); 5xx: a retry helps, so warn only."""
-    try:
-        client.credentials(profile)
-    except DaemonError as exc:
-        if exc.user_must_act:
-            raise error(f"rolebroker cannot serve profile {profile!r}: {exc.code}: {exc.message}") from None
-        click.echo(
-            f"rolebroker: warning: profile {profile!r} is not available right now ({exc.code}: "
-            f"{exc.message}); SDKs will retry",
-            err=True,
-        )
-
-
-def _port_flag(settings: Settings) -> str:
-    return "" if settings.port == DEFAULT_PORT else f" --port {settings.port}"
-
-
-def _quote_arg(value: str) -> str:
-    return shlex.quote(value)
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @click.command("creds")
