@@ -31,7 +31,7 @@ from rolebroker import container_server as container_server_module
 from rolebroker import daemon as daemon_module
 from rolebroker.authtoken import load_or_create_token
 from rolebroker.cli import containers_setup as containers
-from rolebroker.config import Settings
+from rolebroker.config import DEFAULT_CONTAINER_PORT, Settings
 from rolebroker.grants import GrantStore
 from rolebroker.listeners import CONTAINER_FD_NAME, sort_passed
 from tests.support.bridgenet import BridgeNet, bridgenet, fetch, namespace_problem
@@ -59,6 +59,12 @@ def unit_value(unit: str, key: str) -> str:
     ]
     assert len(values) == 1, (unit, key, values)
     return values[0]
+
+
+def test_the_unit_holds_what_the_daemon_looks_for() -> None:
+    assert unit_value("rolebroker-containers.socket", "FileDescriptorName") == CONTAINER_FD_NAME
+    stream = unit_value("rolebroker-containers.socket", "ListenStream")
+    assert stream == f"{container_server_module.ADDRESS}:{DEFAULT_CONTAINER_PORT}"
 
 
 # --------------------------------------------------------------------------- which socket
