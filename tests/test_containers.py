@@ -189,6 +189,22 @@ def test_cli_prints_the_plan_without_apply() -> None:
     assert CliRunner().invoke(containers_group, ["setup", "--port", "80"]).exit_code == 2
 
 
+def test_setup_and_teardown_end_with_the_users_own_socket_unit_step() -> None:
+    """No root command can make the user manager hold the container port: the set-up says
+    how, after the root steps, for the port it set up (and teardown how to let go)."""
+    setup = CliRunner().invoke(containers_group, ["setup"]).output
+    user_part = setup[setup.index("# Then, as yourself") :]
+    assert "systemctl --user enable --now rolebroker-containers.socket" in user_part
+    assert "systemctl --user stop rolebroker.service" in user_part  # else the daemon may hold the port
+    assert 'loginctl enable-linger "$USER"' in user_part
+    assert "ListenStream=" not in user_part
+    assert not [line for line in user_part.splitlines() if line.startswith("sudo")], user_part
+    other = CliRunner().invoke(containers_group, ["setup", "--port", "10123"]).output
+    assert f"ListenStream={ADDRESS}:10123" in other
+    teardown = CliRunner().invoke(containers_group, ["teardown"]).output
+    assert "systemctl --user disable --now rolebroker-containers.socket" in teardown
+
+
 # --------------------------------------------------------------------------- namespaces
 
 

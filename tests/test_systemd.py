@@ -526,7 +526,7 @@ def verify(units: list[Path], *, user: bool, workdir: Path) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-USER_UNITS = ["rolebroker.service", "rolebroker.socket"]
+USER_UNITS = ["rolebroker.service", "rolebroker.socket", "rolebroker-containers.socket"]
 
 
 def port80_unit(dest: Path) -> Path:
@@ -574,6 +574,19 @@ def test_units_keep_their_contract() -> None:
     socket_unit = unit_entries(UNITS / "rolebroker.socket")
     assert [v for _s, k, v in socket_unit if k == "ListenStream"] == ["127.0.0.1:9911", "[::1]:9911"]
     assert ("Socket", "BindIPv6Only", "ipv6-only") in socket_unit
+
+    # The container port, held for the same service from login on, even before the root
+    # set-up's address exists; the daemon knows it by name and never serves it as loopback.
+    containers_unit = unit_entries(UNITS / "rolebroker-containers.socket")
+    assert [v for _s, k, v in containers_unit if k == "ListenStream"] == ["169.254.170.2:9912"]
+    for entry in [
+        ("Socket", "FreeBind", "yes"),
+        ("Socket", "FileDescriptorName", "containers"),
+        ("Socket", "Service", "rolebroker.service"),
+        ("Socket", "Accept", "no"),
+        ("Install", "WantedBy", "sockets.target"),
+    ]:
+        assert entry in containers_unit, entry
 
     # The relay units for port 80 are gone: a relay hides the caller's uid (ForeignUser).
     assert not list(UNITS.glob("rolebroker-http*"))

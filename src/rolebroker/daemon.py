@@ -89,8 +89,10 @@ def run_daemon(
         token = TokenStore(load_or_create_token(settings.token_file), settings.token_file)
     except (TokenFileError, OSError) as exc:
         raise StartupError(f"cannot use the token file: {exc}") from None
+    from rolebroker.container_server import ADDRESS as CONTAINER_ADDRESS
+
     try:
-        listeners = open_listeners(settings.host, settings.port)
+        listeners = open_listeners(settings.host, settings.port, container_address=CONTAINER_ADDRESS)
     except ListenError as exc:
         raise (PortUnavailable if exc.status == EX_CONFIG else StartupError)(str(exc)) from None
 
@@ -141,7 +143,7 @@ def run_daemon(
         timeout_graceful_shutdown=5,
         **connection_limits(file_limit),
     )
-    side = _container_server(settings, broker, token, grants, audit, file_limit)
+    side = _container_server(settings, broker, token, grants, audit, file_limit, passed=listeners.container)
 
     def unpublish() -> None:
         if discovery_path is not None:
@@ -164,7 +166,8 @@ def run_daemon(
         asyncio.run(main())
     finally:
         unpublish()
-        for sock in [*listeners.sockets, *([side.sock] if side is not None else [])]:
+        held = [listeners.container, side.sock if side is not None else None]
+        for sock in [*listeners.sockets, *(s for s in held if s is not None)]:
             sock.close()
     if not server.started:
         raise SystemExit(1)
@@ -244,17 +247,30 @@ def _container_server(
     grants: GrantStore,
     audit: AuditLog | None,
     file_limit: int,
+    *,
+    passed: socket.socket | None = None,
 ) -> ContainerServer | None:
     """The container listener, or None (switched off, address missing in ``auto``, or port
-    taken: then one clear line, and the daemon goes on serving loopback)."""
+    taken: then one clear line, and the daemon goes on serving loopback). ``passed`` is the
+    container port held by the service manager (rolebroker-containers.socket): served as it
+    is, on whatever port it has, and never bound here."""
     from rolebroker import container_server as cs
     from rolebroker.connections import connection_limits
 
     if settings.containers == "off":
+        if passed is not None:
+            log.warning(
+                "container listener off (containers = off): not serving %s:%d, passed by the service "
+                "manager; to stop holding it: systemctl --user disable --now rolebroker-containers.socket",
+                cs.ADDRESS,
+                passed.getsockname()[1],
+            )
+            passed.close()
         return None
-    where = f"{cs.ADDRESS}:{settings.container_port}"
+    port = settings.container_port if passed is None else int(passed.getsockname()[1])
+    where = f"{cs.ADDRESS}:{port}"
     present = cs.address_present()
-    if not present and settings.containers == "auto":
+    if not present and settings.containers == "auto" and passed is None:
         log.info(
             "container listener off: %s is not on this machine (for containers run: %s, then restart)",
             cs.ADDRESS,
@@ -269,11 +285,34 @@ def _container_server(
             cs.SETUP_HINT,
             where,
         )
-    try:
-        sock = cs.open_container_listener(settings.container_port, freebind=settings.containers == "on")
-    except cs.ContainerListenError as exc:
-        log.warning("container listener off: %s (set container_port to a free port)", exc)
-        return None
+    if passed is not None:
+        sock: socket.socket | None = passed
+        passed.setblocking(False)
+        origin = "passed by the service manager; "
+        if port != settings.container_port:
+            log.warning(
+                "container listener: the service manager passed %s, but container_port is %d; serving "
+                "%d: the set-up must forward port 80 there (rolebroker containers setup --port %d "
+                "--apply), or set ListenStream=%s:%d in rolebroker-containers.socket",
+                where,
+                settings.container_port,
+                port,
+                port,
+                cs.ADDRESS,
+                settings.container_port,
+            )
+    else:
+        origin = ""
+        try:
+            sock = cs.open_container_listener(port, freebind=settings.containers == "on")
+        except cs.ContainerListenError as exc:
+            log.warning(
+                "container listener off: %s (set container_port to a free port; if "
+                "rolebroker-containers.socket holds it, start the daemon through systemd: "
+                "systemctl --user start rolebroker)",
+                exc,
+            )
+            return None
     if sock is None:
         log.warning("container listener off: %s is missing; run: %s", cs.ADDRESS, cs.SETUP_HINT)
         return None
@@ -288,7 +327,7 @@ def _container_server(
         timeout_graceful_shutdown=2,
         **connection_limits(max(64, file_limit // 8)),
     )
-    log.info("container listener on %s (grants only, credential routes only)", where)
+    log.info("container listener on %s (%sgrants only, credential routes only)", where, origin)
     return ContainerServer(config, sock)
 
 

@@ -5,6 +5,9 @@ Holding 127.0.0.1 *and* [::1] matters because any local user may bind a free por
 client that resolves ``localhost`` to ::1 first would otherwise talk to whoever took
 [::1]:PORT. A port someone else holds is reported with its owner and a distinct exit
 status, so a service manager does not restart into the same wall forever.
+
+systemd may also pass the container port (systemd/rolebroker-containers.socket, named
+``containers``): it is set aside here for the container listener, never served as loopback.
 """
 
 from __future__ import annotations
@@ -34,11 +37,18 @@ class ListenError(Exception):
         self.status = status
 
 
+CONTAINER_FD_NAME = "containers"
+"""``FileDescriptorName=`` of systemd/rolebroker-containers.socket."""
+
+
 @dataclass(frozen=True, slots=True)
 class Listeners:
     sockets: list[socket.socket]
     activated: bool
-    """True when the service manager passed (some of) the sockets."""
+    """True when the service manager passed (some of) the loopback sockets."""
+    container: socket.socket | None = None
+    """The container port, when the service manager holds it for us
+    (rolebroker-containers.socket): the container listener serves it instead of binding."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -48,10 +58,21 @@ class Listeners:
         return ", ".join(_show(host, port) for host, port in self.addresses)
 
 
-def open_listeners(host: str, port: int) -> Listeners:
+def open_listeners(host: str, port: int, *, container_address: str | None = None) -> Listeners:
     """The sockets to serve: the passed ones completed with the missing loopback family, or
-    both families bound here on ``host``'s port."""
-    passed = inherited_sockets()
+    both families bound here on ``host``'s port. A passed socket on ``container_address`` (or
+    named ``containers``) becomes :attr:`Listeners.container`."""
+    passed, container = inherited_sockets(container_address)
+    try:
+        listeners = _loopback_listeners(host, port, passed)
+    except BaseException:
+        if container is not None:
+            container.close()
+        raise
+    return Listeners(listeners.sockets, listeners.activated, container)
+
+
+def _loopback_listeners(host: str, port: int, passed: list[socket.socket]) -> Listeners:
     if passed:
         held = [systemd.socket_address(s) for s in passed]
         extra: list[socket.socket] = []
@@ -76,20 +97,63 @@ def open_listeners(host: str, port: int) -> Listeners:
     return Listeners([primary, *rest], activated=False)
 
 
-def inherited_sockets() -> list[socket.socket]:
-    """Sockets passed by systemd or launchd, refused unless they are TCP listeners on loopback."""
+def inherited_sockets(
+    container_address: str | None = None,
+) -> tuple[list[socket.socket], socket.socket | None]:
+    """Sockets passed by systemd or launchd: (the loopback ones, the container port or None).
+    Refused unless they are TCP listeners on loopback, or the container port."""
     try:
-        sockets = systemd.listen_sockets() or launchd.activated_sockets()
-        for sock in sockets:
-            host, port = systemd.socket_address(sock)
-            if not is_loopback_host(host):
-                raise ValueError(
-                    f"the socket passed by the service manager is bound to {host}:{port}, not loopback; "
-                    "rolebroker only serves 127.0.0.1, ::1 or localhost"
-                )
+        named = systemd.listen_sockets_with_names()
+        if not named:
+            named = [("unknown", sock) for sock in launchd.activated_sockets()]
+        return sort_passed(named, container_address)
     except ValueError as exc:
         raise ListenError(str(exc)) from None
-    return sockets
+
+
+def sort_passed(
+    named: list[tuple[str, socket.socket]], container_address: str | None
+) -> tuple[list[socket.socket], socket.socket | None]:
+    """Split passed ``(name, socket)`` pairs into loopback listeners and the container port.
+
+    The container port is the socket named :data:`CONTAINER_FD_NAME` or bound to
+    ``container_address``. One named so but bound elsewhere (say 0.0.0.0, which would face
+    the LAN) is closed with a warning, and so is a second one: the container listener is then
+    off or served once, and the loopback endpoint goes on. Any other non-loopback socket is
+    refused (ValueError), as it always was."""
+    loopback: list[socket.socket] = []
+    container: socket.socket | None = None
+    for name, sock in named:
+        host, port = systemd.socket_address(sock)
+        if name == CONTAINER_FD_NAME or (container_address is not None and host == container_address):
+            where = _show(host, port)
+            if container_address is None or host != container_address:
+                log.warning(
+                    "container listener: the socket named %r is bound to %s, not %s; not serving it "
+                    "(ListenStream=%s:PORT in rolebroker-containers.socket)",
+                    name,
+                    where,
+                    container_address or "the container address",
+                    container_address or "169.254.170.2",
+                )
+                sock.close()
+            elif container is not None:
+                log.warning(
+                    "container listener: the service manager passed a second socket on %s; serving "
+                    "only the first (keep one ListenStream= in rolebroker-containers.socket)",
+                    where,
+                )
+                sock.close()
+            else:
+                container = sock
+            continue
+        if not is_loopback_host(host):
+            raise ValueError(
+                f"the socket passed by the service manager is bound to {host}:{port}, not loopback; "
+                "rolebroker only serves 127.0.0.1, ::1 or localhost"
+            )
+        loopback.append(sock)
+    return loopback, container
 
 
 def _bind_missing(hosts: list[str], port: int) -> list[socket.socket]:
