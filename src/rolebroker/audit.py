@@ -12,6 +12,10 @@ chooses (command line, user agent) is bounded and scrubbed of anything that look
 generated tokens; AWS keys and ``token=``-style pairs). Lines are ASCII JSON
 (``ensure_ascii``), so no control or bidi character reaches a terminal that prints the file.
 Reading, filtering and formatting the file is auditlog.py's (the CLI's side, kept light).
+
+A container-listener request has no process to name: the writer asks containerinfo.py which
+container the Docker/Podman API lists at its source address (in this thread, never on the
+request path) and records its name, image, short id and engine, scrubbed like caller text.
 """
 
 from __future__ import annotations
