@@ -62,7 +62,7 @@ def test_a_listing_names_each_container_at_every_address(docker: FakeDocker, clo
     assert docker.calls == 1  # one listing answered all of them
     # Only the name, image, id and engine are kept: not the command line or labels.
     assert ENV_SECRET not in repr(vars(lookup))
-    assert web is not None and web is not UNKNOWN and set(web.to_json()) == {"name", "image", "id", "engine"}
+    assert isinstance(web, ContainerInfo) and set(web.to_json()) == {"name", "image", "id", "engine"}
 
 
 def test_podman_and_docker_are_both_asked_and_told_apart(tmp_path: Path, clock: FakeClock) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import socketserver
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -158,9 +157,3 @@ class FakeDocker:
             server.server_close()
             thread.join(5)
             self.path.unlink(missing_ok=True)
-
-
-def wait_calls(fake: FakeDocker, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while fake.calls < count and time.monotonic() < deadline:
-        time.sleep(0.01)
