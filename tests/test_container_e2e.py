@@ -25,6 +25,7 @@ import pytest
 from rolebroker.cli import containers_setup as containers
 from tests.support.bridgenet import (
     CONTAINER1,
+    CONTAINER2,
     REPO,
     BridgeNet,
     Namespace,
@@ -36,6 +37,7 @@ from tests.support.bridgenet import (
 from tests.support.ci import skip_or_fail
 from tests.support.clients import CLIENTS_DIR, require_node, require_node_package
 from tests.support.daemon import BASE_SECRET, CHAIN_CONFIG, CHAIN_CREDENTIALS, AwsHome
+from tests.support.fakedocker import ENV_SECRET, FakeDocker, container
 from tests.support.procs import ManagedProcess
 from tests.support.waiting import wait_until
 
@@ -71,13 +73,19 @@ class Rig:
     daemon: ManagedProcess
     moto: ManagedProcess
     grants: list[str]
+    docker: FakeDocker | None = None
+    """The Docker API the daemon asks (DOCKER_HOST): it lists a container at CONTAINER1."""
 
     @property
     def token(self) -> str:
         return self.home.token_file.read_text()
 
     def env(self) -> dict[str, str]:
-        return {**self.home.env(f"http://127.0.0.1:{MOTO_PORT}"), "ROLEBROKER_PORT": str(DAEMON_PORT)}
+        env = {**self.home.env(f"http://127.0.0.1:{MOTO_PORT}"), "ROLEBROKER_PORT": str(DAEMON_PORT)}
+        if self.docker is not None:  # only the fake engine: never a socket of this machine
+            env["DOCKER_HOST"] = f"unix://{self.docker.path}"
+            env["CONTAINER_HOST"] = f"unix://{self.docker.path.with_name('no-podman.sock')}"
+        return env
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rolebroker ARGS`` in the host namespace, as the user would run it."""
@@ -129,17 +137,17 @@ class Rig:
         return self.run_in(ns, [sys.executable, "-c", BOTO3_CREDS], {**env, **sts})
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.token, BASE_SECRET, *self.grants) if s]
+        return [s for s in (self.token, BASE_SECRET, ENV_SECRET, *self.grants) if s]
 
 
-def _start_rig(net: BridgeNet, home: AwsHome) -> Rig:
+def _start_rig(net: BridgeNet, home: AwsHome, docker: FakeDocker) -> Rig:
     net.apply(containers.setup_plan(CONTAINER_PORT, link_kind=net.link_kind, persist=False))
     exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     # 0.0.0.0 inside the private namespace: the daemon uses its loopback, the containers the
     # bridge gateways (for their own STS call), nothing outside the namespaces sees it.
     moto = ManagedProcess(net.host.argv(exe, "-H", "0.0.0.0", "-p", str(MOTO_PORT)), env)
-    rig = Rig(net, home, None, moto, [])  # type: ignore[arg-type]
+    rig = Rig(net, home, None, moto, [], docker)  # type: ignore[arg-type]
     argv = [sys.executable, "-m", "rolebroker", "serve", "--port", str(DAEMON_PORT)]
     rig.daemon = ManagedProcess(net.host.argv(*argv), rig.env(), cwd=home.root)
 
@@ -164,10 +172,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         skip_or_fail(problem)
     home = AwsHome(tmp_path_factory.mktemp("container-e2e") / "home")
     home.write(CHAIN_CONFIG, CHAIN_CREDENTIALS)
-    with bridgenet() as net:
+    listed = container("audited-web", "amazon/aws-cli:2", "c0ffee123456", {"br-rbtest": {"ipv4": CONTAINER1}})
+    with bridgenet() as net, FakeDocker(home.root / "docker.sock", [listed]).running() as docker:
         built: Rig | None = None
         try:
-            built = _start_rig(net, home)
+            built = _start_rig(net, home, docker)
             yield built
         finally:
             if built is not None:
@@ -342,6 +351,26 @@ def test_the_loopback_path_is_unchanged_and_audit_names_the_container(rig: Rig) 
 
     wait_until(audited, 5, "the audit line of the container request")
     assert audited()[0]["source"] == CONTAINER1 and audited()[0]["outcome"] == "OK"
+    # The daemon asked the (fake) Docker API which container holds that address.
+    assert audited()[0]["container"] == {
+        "name": "audited-web",
+        "image": "amazon/aws-cli:2",
+        "id": "c0ffee123456",
+        "engine": "docker",
+    }
+    shown = rig.cli("audit", "--grant", "docker:audited")
+    assert shown.returncode == 0 and "container audited-web at 172.30.1.2" in shown.stdout, shown
+    # Container 2's address is in no listing: recorded as no container, not as another one.
+    other = rig.grant("dev", "--name", "docker:unlisted")["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    rig.net.fetch(rig.net.container2, {"url": creds_url("dev"), "headers": {"Authorization": other}})
+
+    def unlisted() -> list[dict[str, Any]]:
+        return [
+            r for r in map(json.loads, audit.read_text().splitlines()) if r.get("grant") == "docker:unlisted"
+        ]
+
+    wait_until(unlisted, 5, "the audit line of the unlisted container's request")
+    assert unlisted()[0]["source"] == CONTAINER2 and unlisted()[0]["container"] is None
     assert not any(secret in audit.read_text() for secret in rig.secrets())
 
 

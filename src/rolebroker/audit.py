@@ -12,6 +12,10 @@ chooses (command line, user agent) is bounded and scrubbed of anything that look
 generated tokens; AWS keys and ``token=``-style pairs). Lines are ASCII JSON
 (``ensure_ascii``), so no control or bidi character reaches a terminal that prints the file.
 Reading, filtering and formatting the file is auditlog.py's (the CLI's side, kept light).
+
+A container-listener request has no process to name: the writer asks containerinfo.py which
+container the Docker/Podman API lists at its source address (in this thread, never on the
+request path) and records its name, image, short id and engine, scrubbed like caller text.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from rolebroker.auditlog import follow as follow
 from rolebroker.auditlog import format_table as format_table
 from rolebroker.auditlog import read_audit as read_audit
 from rolebroker.auditlog import rotated
+from rolebroker.containerinfo import UNKNOWN, ContainerInfo, Lookup, Unknown
 from rolebroker.identity import CallerIdentity
 from rolebroker.redact import redact
 
@@ -52,6 +57,9 @@ _REDACTED = "<redacted>"
 _URLSAFE_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")
 """Generated master tokens (43) and grant macs (43) are url-safe runs that redact.py, which
 knows standard base64, misses when they contain ``-`` or ``_``."""
+_GRANT_LIKE = re.compile(r"rbg1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+"""A grant string (grants.py), for text the url-safe rule would spoil: container names such
+as ``project-long-service-name-1`` are url-safe runs too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +80,12 @@ class AuditRecord:
     user_agent: str | None = None
     source: str | None = None
     """The peer address of a request on the container listener (a container's address)."""
+    container: ContainerInfo | Unknown | None = UNKNOWN
+    """The container the engines list at ``source`` (written as ``container``), None when
+    they list none there (written as null), UNKNOWN when there was no lookup (left out)."""
 
 
-_FIELDS = tuple(field.name for field in dataclasses.fields(AuditRecord))
+_FIELDS = tuple(field.name for field in dataclasses.fields(AuditRecord) if field.name != "container")
 
 
 class _Pending(NamedTuple):
@@ -120,8 +131,12 @@ class AuditLog:
         backups: int = BACKUPS,
         queue_size: int = QUEUE_SIZE,
         clock: Callable[[], float] = time.time,
+        containers: Lookup | None = None,
     ) -> None:
         self.path = path
+        self._containers = containers
+        """Names the container behind a container-listener request (containerinfo.py): called
+        here, in the writer thread, never on the request path."""
         self._secrets = secrets
         """Exact strings never to write (the master token): scrubbed from caller text."""
         self._max_bytes = max_bytes
@@ -188,6 +203,7 @@ class AuditLog:
                     self._agents.clear()
                 agent = self._agents[raw.user_agent] = self._scrub(raw.user_agent, _FIELD) or ""
         exe, cmdline, cwd = process
+        container = self._container(raw.source, raw.at) if raw.source is not None else UNKNOWN
         return AuditRecord(
             time=_now_iso(raw.at),
             profile=_bounded(raw.profile, _FIELD) or "",
@@ -202,7 +218,32 @@ class AuditLog:
             cwd=cwd,
             user_agent=agent,
             source=_bounded(raw.source, 64),
+            container=container,
         )
+
+    def _container(self, source: str, at: float) -> ContainerInfo | Unknown | None:
+        """The container at ``source``, its free text scrubbed. Nothing a lookup does may end
+        the writer: an exception is one log line and a line without a container."""
+        if self._containers is None:
+            return UNKNOWN
+        try:
+            found = self._containers(source, at)
+        except Exception as exc:
+            log.warning("audit: the container lookup failed (%s); this line names none", type(exc).__name__)
+            return UNKNOWN
+        if not isinstance(found, ContainerInfo):
+            return found
+        return dataclasses.replace(
+            found, name=self._scrub_label(found.name), image=self._scrub_label(found.image)
+        )
+
+    def _scrub_label(self, text: str) -> str:
+        """A container's name or image: chosen by whoever started it, so scrubbed like caller
+        text, but without the url-safe run rule (compose names are long url-safe runs)."""
+        for secret in self._secrets():
+            if secret:
+                text = text.replace(secret, _REDACTED)
+        return redact(_GRANT_LIKE.sub(_REDACTED, text), limit=_FIELD)
 
     def _scrub(self, text: str | None, limit: int) -> str | None:
         if text is None:
@@ -269,7 +310,11 @@ class AuditLog:
 
     def _line(self, entry: AuditRecord) -> bytes:
         # Not dataclasses.asdict: it deep-copies every field, and this runs once per request.
-        fields = {name: value for name in _FIELDS if (value := getattr(entry, name)) is not None}
+        fields: dict[str, object] = {
+            name: value for name in _FIELDS if (value := getattr(entry, name)) is not None
+        }
+        if entry.container is not UNKNOWN:
+            fields["container"] = entry.container.to_json() if entry.container is not None else None
         return (json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
 
     def _dropped_line(self, count: int) -> bytes:

@@ -212,12 +212,32 @@ def format_row(record: Mapping[str, Any]) -> str:
         return f"{when}  ({count} records dropped: the daemon's audit queue was full)"
     argv = record.get("cmdline")
     command = shlex.join(str(a) for a in argv) if isinstance(argv, list) and argv else "-"
+    program = _tail(record.get("exe"), _EXE_WIDTH)
+    if record.get("source") is not None:
+        program, command = _container_cells(record)
     return (
         f"{when}  {_cell(record.get('profile'), 16)} {_cell(record.get('outcome'), 16)} "
         f"{_cell(record.get('grant'), 20)} {_cell(record.get('uid'), 6, right=True)} "
-        f"{_cell(record.get('pid'), 7, right=True)}  {_tail(record.get('exe'), _EXE_WIDTH)}  "
+        f"{_cell(record.get('pid'), 7, right=True)}  {program}  "
         f"{_head(command, _COMMAND_WIDTH)}"
     ).rstrip()
+
+
+def _container_cells(record: Mapping[str, Any]) -> tuple[str, str]:
+    """A container-listener request has no process: the program column shows the container's
+    name (as its engine lists it at the source address; informative, not proof: addresses
+    can be spoofed), else the address; the command column says which."""
+    source = str(record.get("source"))
+    found = record.get("container")
+    if isinstance(found, dict) and found.get("name"):
+        name = str(found["name"])
+        detail = ", ".join(
+            str(part) for part in (found.get("image"), found.get("engine"), found.get("id")) if part
+        )
+        return _cell(name, _EXE_WIDTH), f"container {name} at {source}" + (f": {detail}" if detail else "")
+    if "container" in record:  # null: the engines listed no container at that address
+        return _cell(source, _EXE_WIDTH), f"container request from {source}: no running container there"
+    return _cell(source, _EXE_WIDTH), f"container request from {source}"
 
 
 def json_line(record: Mapping[str, Any]) -> str:

@@ -44,6 +44,9 @@ class Settings:
     containers: str = "auto"
     """The container listener: ``auto`` serves it when 169.254.170.2 exists at start,
     ``on`` always (bound with IP_FREEBIND: it works once the address appears), ``off`` never."""
+    container_names: bool = True
+    """Name the container behind a container-listener request in the audit log, by asking
+    the Docker/Podman API socket the daemon's user can open (containerinfo.py)."""
 
     @property
     def base_url(self) -> str:
@@ -129,6 +132,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "same_user_without_token": _to_bool,
     "container_port": _to_container_port,
     "containers": _to_container_mode,
+    "container_names": _to_bool,
 }
 _ENV_NAMES = {name: f"ROLEBROKER_{name.upper()}" for name in _CONVERTERS}
 
@@ -201,7 +205,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 # -- reload ----------------------------------------------------------------------------
 
 LIVE_SETTINGS = ("refresh_before", "keep_warm", "request_timeout", "log_level", "same_user_without_token")
-RESTART_SETTINGS = ("host", "port", "token_file", "container_port", "containers")
+RESTART_SETTINGS = ("host", "port", "token_file", "container_port", "containers", "container_names")
 
 
 def apply_settings(current: Settings, baseline: Settings, fresh: Settings) -> tuple[Settings, list[str]]:

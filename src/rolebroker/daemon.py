@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rolebroker.audit import AuditLog
     from rolebroker.authtoken import TokenStore
     from rolebroker.broker import Broker
+    from rolebroker.containerinfo import Lookup
     from rolebroker.grants import GrantStore
 
 log = logging.getLogger("rolebroker")
@@ -114,7 +115,7 @@ def run_daemon(
     grants_file = state_dir / "grants.json" if state_dir else default_grants_file(os.environ)
     audit_file = state_dir / "audit.jsonl" if state_dir else default_audit_file(os.environ)
     grants = GrantStore(grants_file, lambda: token.current)
-    audit = AuditLog(audit_file, secrets=lambda: (token.current,))
+    audit = AuditLog(audit_file, secrets=lambda: (token.current,), containers=_container_lookup(settings))
     audit.start()
 
     async def on_shutdown() -> None:
@@ -238,6 +239,16 @@ class ContainerServer(uvicorn.Server):
                 await asyncio.wait_for(asyncio.shield(self._task), 6)
             except Exception as exc:
                 log.warning("container listener did not stop cleanly: %s", type(exc).__name__)
+
+
+def _container_lookup(settings: Settings) -> Lookup | None:
+    """What names the container behind a container-listener request in the audit log (run
+    by the audit writer thread), or None when there is no listener or names are off."""
+    if settings.containers == "off" or not settings.container_names:
+        return None
+    from rolebroker.containerinfo import container_names
+
+    return container_names(os.environ).lookup
 
 
 def _container_server(
