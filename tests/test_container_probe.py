@@ -7,7 +7,6 @@ interface in the host namespace, no holder process."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
