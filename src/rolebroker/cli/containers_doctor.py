@@ -244,9 +244,12 @@ class System:
         return self.sudo_uid
 
 
-def root_findings(port: int, system: System) -> tuple[Finding, list[Finding]]:
-    """What only root can see: the rules and the probe (``containers probe``)."""
-    address, rules = setup.check(port, system.runner, system.unit_path)[:2]
+def root_findings(
+    port: int, system: System, checked: tuple[Finding, Finding] | None = None
+) -> tuple[Finding, list[Finding]]:
+    """What only root can see: the rules and the probe (``containers probe``); ``checked``:
+    the address and rules findings when they were just read."""
+    address, rules = checked or tuple(setup.check(port, system.runner, system.unit_path)[:2])
     result = system.prober(
         port,
         rules=rules,
@@ -284,7 +287,7 @@ def diagnose(settings: Settings, *, run_probe: bool, system: System) -> list[Fin
         )
         return findings
     if system.euid == 0:
-        findings[1], probed = root_findings(port, system)
+        findings[1], probed = root_findings(port, system, (address, rules))
         return findings + probed
     run = system.sudo(probe_argv(port, as_json=True))
     try:

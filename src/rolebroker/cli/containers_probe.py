@@ -283,7 +283,8 @@ def verdict(
         return Finding(
             Level.OK,
             f"{where}: 169.254.170.2:80 reaches rolebroker's container listener on port {port} "
-            f"(401 {reply.code} without a grant, as expected){served_by}",
+            f"(401 {reply.code} without a grant, as expected)"
+            + (f"; the listening socket: {holder_text(holders)}" if holders else ""),
         )
     if reply.kind == "answer":
         shown = f"{reply.status} {reply.code}: {reply.message}" if reply.code else reply.detail
