@@ -71,6 +71,9 @@ class Host:
         done = self.cli("containers", "probe", "--json", *args)
         assert done.returncode == 0, done.stderr
         result: dict[str, Any] = json.loads(done.stdout)
+        made = result["made"]
+        assert made["bridge"] not in self.links() and made["veth"] not in self.links(), made
+        assert not Path(f"/proc/{made['holder_pid']}").exists(), made  # the namespace's holder is gone
         return result
 
     def links(self) -> list[str]:

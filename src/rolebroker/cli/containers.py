@@ -143,11 +143,18 @@ def probe_command(port: int | None, apply_: bool, timeout: float, as_json: bool)
             raise click.ClickException(f"sudo not found; run as root: {shlex.join(argv)}") from None
     system = replace(containers_doctor.System.real(os.environ), timeout=timeout)
     with _cleaned_up_on_interrupt():
-        rules, findings = containers_doctor.root_findings(port, system)
+        rules, result = containers_doctor.root_findings(port, system)
+    findings = result.findings
     if as_json:
+        wiring = result.wiring
         body = {
             "rules": containers_doctor.findings_to_json([rules])[0],
             "probe": containers_doctor.findings_to_json(findings),
+            "made": {  # what the probe created and removed: for checks that nothing is left
+                "bridge": wiring.bridge if wiring else None,
+                "veth": wiring.veth if wiring else None,
+                "holder_pid": result.holder_pid,
+            },
         }
         click.echo(json.dumps(body))
         return

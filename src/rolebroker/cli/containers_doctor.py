@@ -246,7 +246,7 @@ class System:
 
 def root_findings(
     port: int, system: System, checked: tuple[Finding, Finding] | None = None
-) -> tuple[Finding, list[Finding]]:
+) -> tuple[Finding, probe.ProbeResult]:
     """What only root can see: the rules and the probe (``containers probe``); ``checked``:
     the address and rules findings when they were just read."""
     address, rules = checked or tuple(setup.check(port, system.runner, system.unit_path)[:2])
@@ -258,7 +258,7 @@ def root_findings(
         timeout=system.timeout,
         me=system.me,
     )
-    return rules, result.findings
+    return rules, result
 
 
 def diagnose(settings: Settings, *, run_probe: bool, system: System) -> list[Finding]:
@@ -288,7 +288,7 @@ def diagnose(settings: Settings, *, run_probe: bool, system: System) -> list[Fin
         return findings
     if system.euid == 0:
         findings[1], probed = root_findings(port, system, (address, rules))
-        return findings + probed
+        return findings + probed.findings
     run = system.sudo(probe_argv(port, as_json=True))
     try:
         body = json.loads(run.stdout)
