@@ -338,14 +338,17 @@ def test_probe_without_root_asks_sudo_once_and_uses_its_rules_and_findings(
     assert fake.probed == []  # never in-process without root
 
 
-def test_probe_without_sudo_says_how_to_run_it_as_root(settings: Settings, tmp_path: Path) -> None:
-    fake = Fake(outcomes=dict(NO_ROOT), sudo_run=cdoctor.SudoRun(127, "", "sudo: command not found"))
+def test_probe_without_sudo_says_how_to_run_it_as_root(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sudo here
+    missing = cdoctor.run_through_sudo(["true"])
+    assert missing == cdoctor.SudoRun(127, "", "cannot run sudo: No such file or directory")
+    fake = Fake(outcomes=dict(NO_ROOT), sudo_run=missing)
     findings = cdoctor.diagnose(settings, run_probe=True, system=fake.system(tmp=tmp_path))
     problem = by_level(findings, Level.PROBLEM)
-    assert "the probe did not run through sudo (sudo: command not found)" in problem
-    assert problem["the probe did not run through sudo (sudo: command not found)"].startswith(
-        "run it as root: sudo "
-    )
+    what = "the probe did not run through sudo (cannot run sudo: No such file or directory)"
+    assert problem[what].startswith("run it as root: sudo "), problem
 
 
 def test_as_root_the_probe_runs_in_process_with_the_root_view_of_the_rules(

@@ -139,8 +139,10 @@ def probe_command(port: int | None, apply_: bool, timeout: float, as_json: bool)
             return
         try:
             os.execvp("sudo", ["sudo", "--", *argv, "--timeout", str(timeout)])  # noqa: S606  (exec, no shell)
-        except FileNotFoundError:
-            raise click.ClickException(f"sudo not found; run as root: {shlex.join(argv)}") from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot run sudo ({exc.strerror}); as root run: {shlex.join(argv)}"
+            ) from None
     system = replace(containers_doctor.System.real(os.environ), timeout=timeout)
     with _cleaned_up_on_interrupt():
         rules, result = containers_doctor.root_findings(port, system)

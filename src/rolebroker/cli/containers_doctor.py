@@ -177,8 +177,8 @@ def run_through_sudo(argv: Sequence[str]) -> SudoRun:
     sudo too, which hands it to the probe: wait for its clean-up rather than kill it."""
     try:
         process = subprocess.Popen(["sudo", "--", *argv], stdout=subprocess.PIPE, text=True)
-    except FileNotFoundError:
-        return SudoRun(127, "", "sudo: command not found")
+    except OSError as exc:  # not installed, or not runnable from this PATH
+        return SudoRun(127, "", f"cannot run sudo: {exc.strerror}")
     try:
         out, _ = process.communicate()
     except KeyboardInterrupt:
