@@ -344,6 +344,9 @@ def test_probe_without_sudo_says_how_to_run_it_as_root(
     monkeypatch.setenv("PATH", str(tmp_path))  # no sudo here
     missing = cdoctor.run_through_sudo(["true"])
     assert missing == cdoctor.SudoRun(127, "", "cannot run sudo: No such file or directory")
+    (tmp_path / "sudo").write_text("")  # there, but not executable (as for a PATH entry it cannot read)
+    denied = cdoctor.run_through_sudo(["true"])
+    assert denied == cdoctor.SudoRun(127, "", "cannot run sudo: Permission denied")
     fake = Fake(outcomes=dict(NO_ROOT), sudo_run=missing)
     findings = cdoctor.diagnose(settings, run_probe=True, system=fake.system(tmp=tmp_path))
     problem = by_level(findings, Level.PROBLEM)
