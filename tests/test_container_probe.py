@@ -217,6 +217,35 @@ def test_without_the_rules_the_probe_names_the_set_up(host: Host) -> None:
     assert host.probe_links() == []
 
 
+def test_a_daemon_not_listening_on_the_container_port_is_named_with_the_restart(host: Host) -> None:
+    """The rules forward to a port the daemon does not listen on (as after changing
+    container_port without a restart): the real daemon's pid from /status, the real socket
+    table, and the probe's refusal all say so."""
+    other = CONTAINER_PORT + 1
+    host.ns.run("nft", "-f", "-", stdin=containers.ruleset(other))
+    try:
+        done = subprocess.run(
+            host.argv("doctor", "--containers", "--probe"),
+            env={**host.env(), "ROLEBROKER_CONTAINER_PORT": str(other)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        host.apply_rules()
+    found = problems(done.stdout)
+    listener = f"the daemon (pid {host.daemon.pid}) does not listen on 169.254.170.2:{other}"
+    assert any(p.startswith(listener) for p in found), done.stdout
+    assert any(
+        p.startswith("from a throwaway container") and f"nothing listens on 169.254.170.2:{other}" in p
+        for p in found
+    ), done.stdout
+    assert done.stdout.count("systemctl --user restart rolebroker") >= 2
+    assert host.probe_links() == []
+
+
 def test_a_firewall_that_drops_container_traffic_is_named(host: Host, firewall: None) -> None:
     started = time.monotonic()
     result = host.probe_json("--timeout", "1")

@@ -104,9 +104,9 @@ def listener_finding(
             Level.PROBLEM,
             f"{daemon} does not listen on {where} (its container listener is off)",
             why,
-            f"after the set-up: {RESTART}; "
+            f"after the set-up: {RESTART}"
             + (
-                'containers = "on" in config.toml makes the order not matter'
+                '; containers = "on" in config.toml makes the order not matter'
                 if settings.containers == "auto"
                 else ""
             ),
