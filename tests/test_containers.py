@@ -162,7 +162,7 @@ def test_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
     assert all(f.fix == "rolebroker containers setup --apply" for f in findings)
     no_root = FakeRunner({("nft",): Outcome(1, "", "Error: Operation not permitted")})
     rules = containers.check(PORT, no_root, tmp_path)[1]
-    assert rules.level is Level.NOTE and rules.fix == "sudo rolebroker doctor --containers"
+    assert rules.level is Level.NOTE and rules.fix.startswith("rolebroker doctor --containers --probe")
 
 
 def test_doctor_section_shows_each_fix() -> None:

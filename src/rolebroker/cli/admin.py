@@ -18,7 +18,7 @@ import click
 from rolebroker.authtoken import new_token, write_token
 from rolebroker.cli import shellenv
 from rolebroker.cli.client import DaemonClient, NotRunning
-from rolebroker.cli.options import daemon_options, daemon_settings, reported, settings_for
+from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.cli.statusformat import format_status
 from rolebroker.config import Settings
 from rolebroker.mfacode import valid_code
@@ -153,11 +153,21 @@ def mfa_command(profile: str, code: str | None, port: int | None, token_file: Pa
     "--containers",
     "containers",
     is_flag=True,
-    help="Check the container set-up instead (169.254.170.2, nftables rules, boot unit)",
+    help="Check the path containers take instead (169.254.170.2, rules, boot unit, the daemon's listener)",
+)
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="With --containers: also send a request from a throwaway container network (root; through sudo)",
 )
 @daemon_options
 def doctor_command(
-    profile: str | None, port80: bool, containers: bool, port: int | None, token_file: Path | None
+    profile: str | None,
+    port80: bool,
+    containers: bool,
+    probe: bool,
+    port: int | None,
+    token_file: Path | None,
 ) -> None:
     """Check the daemon and this environment; explain every problem and its fix.
 
@@ -172,8 +182,10 @@ def doctor_command(
     if containers:
         from rolebroker.cli.containers import doctor_containers
 
-        doctor_containers(settings_for(port, token_file).container_port)
+        doctor_containers(daemon_settings(port, token_file), probe=probe)
         return
+    if probe:
+        raise click.UsageError("--probe goes with --containers")
     from rolebroker.cli import doctor
 
     settings = daemon_settings(port, token_file)

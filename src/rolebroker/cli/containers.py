@@ -9,12 +9,19 @@ the container port (systemd/rolebroker-containers.socket).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shlex
+from collections.abc import Iterator
+from dataclasses import replace
 
 import click
 
 from rolebroker.cli import containers_setup as containers
 from rolebroker.cli.doctor import Finding, Level, finding_lines
+from rolebroker.cli.options import settings_for
+from rolebroker.config import Settings
 
 PORT_HELP = f"The daemon's container port [default: {containers.DEFAULT_CONTAINER_PORT}]"
 LINK_HELP = "Interface type for the address: dummy, or bridge on kernels built without the dummy driver"
@@ -101,21 +108,101 @@ def teardown_command(apply_: bool) -> None:
     _run(containers.teardown_plan(), apply_)
 
 
-def render_findings(findings: list[Finding]) -> str:
+def render_findings(findings: list[Finding], title: str = "") -> str:
     """The ``doctor --containers`` section, in the doctor's own layout."""
     lines = [
-        f"rolebroker doctor --containers: {containers.ADDRESS}:{containers.ECS_PORT} for local containers",
+        title
+        or f"rolebroker doctor --containers: {containers.ADDRESS}:{containers.ECS_PORT} for local containers",
         "",
         *finding_lines(findings),
     ]
     return "\n".join(lines) + "\n"
 
 
-def doctor_containers(port: int = containers.DEFAULT_CONTAINER_PORT) -> None:
-    """Body of ``doctor --containers``: prints the findings, exits 1 on a problem."""
-    findings = containers.check(port)
+def doctor_containers(settings: Settings, *, probe: bool = False) -> None:
+    """Body of ``doctor --containers [--probe]``: prints the findings, exits 1 on a problem."""
+    from rolebroker.cli import containers_doctor
+
+    system = containers_doctor.System.real(os.environ)
+    with _cleaned_up_on_interrupt():
+        findings = containers_doctor.diagnose(settings, run_probe=probe, system=system)
     click.echo(render_findings(findings), nl=False)
     if any(f.level is Level.PROBLEM for f in findings):
+        raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _cleaned_up_on_interrupt() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a probe: it has removed what it made; say so, exit 130."""
+    from rolebroker.cli.containers_probe import Interrupted
+
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        click.echo("interrupted; the probe removed everything it had made", err=True)
+        raise SystemExit(130) from None
+
+
+@containers_group.command("probe")
+@click.option("--port", type=click.IntRange(1024, 65535), default=None, help=PORT_HELP)
+@click.option(
+    "--apply",
+    "apply_",
+    is_flag=True,
+    help="When not root: run it through sudo instead of printing the command",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.2, 30),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the answer",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, hidden=True, help="Findings as JSON (doctor --probe reads it)"
+)
+def probe_command(port: int | None, apply_: bool, timeout: float, as_json: bool) -> None:
+    """Send one request as a container does, from a throwaway bridge and network namespace,
+    to 169.254.170.2:80, and say where it ends (needs root; removes everything it made)."""
+    from rolebroker.cli import containers_doctor
+
+    port = port or settings_for().container_port
+    if os.geteuid() != 0:
+        argv = containers_doctor.probe_argv(port)
+        if not apply_:
+            click.echo(f"sudo {shlex.join(argv)}")
+            click.echo(
+                "# nothing was run: the probe needs root; `rolebroker containers probe --apply` runs it "
+                "through sudo",
+                err=True,
+            )
+            return
+        try:
+            os.execvp("sudo", ["sudo", "--", *argv, "--timeout", str(timeout)])  # noqa: S606  (exec, no shell)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot run sudo ({exc.strerror}); as root run: {shlex.join(argv)}"
+            ) from None
+    system = replace(containers_doctor.System.real(os.environ), timeout=timeout)
+    with _cleaned_up_on_interrupt():
+        rules, result = containers_doctor.root_findings(port, system)
+    findings = result.findings
+    if as_json:
+        wiring = result.wiring
+        body = {
+            "rules": containers_doctor.findings_to_json([rules])[0],
+            "probe": containers_doctor.findings_to_json(findings),
+            "made": {  # what the probe created and removed: for checks that nothing is left
+                "bridge": wiring.bridge if wiring else None,
+                "veth": wiring.veth if wiring else None,
+                "holder_pid": result.holder_pid,
+            },
+        }
+        click.echo(json.dumps(body))
+        return
+    title = f"rolebroker containers probe: a container's request to {containers.ADDRESS}:80 (port {port})"
+    click.echo(render_findings([rules, *findings], title), nl=False)
+    if any(f.level is Level.PROBLEM for f in [rules, *findings]):
         raise SystemExit(1)
 
 

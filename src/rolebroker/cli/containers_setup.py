@@ -300,16 +300,18 @@ def apply(plan: Plan, runner: Runner = subprocess_runner) -> list[str]:
 
 
 SETUP_FIX = "rolebroker containers setup --apply"
+PROBE_COMMAND = "rolebroker doctor --containers --probe"
+"""Runs the root part of the doctor (the rules, a throwaway container) through sudo."""
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk(node: Any) -> Iterator[dict[str, Any]]:
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk(value)
 
 
 def _address_finding(ip: Outcome) -> Finding:
@@ -344,11 +346,11 @@ def _rules_finding(nft: Outcome, container_port: int) -> Finding:
                 Level.NOTE,
                 f"cannot read {table} without root",
                 "listing nftables rules needs root",
-                "sudo rolebroker doctor --containers",
+                f"{PROBE_COMMAND}   # reads them as root, through sudo",
             )
         return Finding(Level.PROBLEM, f"{table} is missing", _WHY_RULES, SETUP_FIX)
     try:
-        items = list(_walk(json.loads(nft.stdout or "{}")))
+        items = list(walk(json.loads(nft.stdout or "{}")))
     except json.JSONDecodeError:
         items = []
     chains = {item["chain"]["name"] for item in items if isinstance(item.get("chain"), dict)}
@@ -365,7 +367,7 @@ def _rules_finding(nft: Outcome, container_port: int) -> Finding:
     )
 
 
-def _plain_runner(argv: Sequence[str], stdin: str | None) -> Outcome:
+def plain_runner(argv: Sequence[str], stdin: str | None) -> Outcome:
     try:
         done = subprocess.run(
             list(argv), input=stdin, capture_output=True, text=True, timeout=10, check=False
@@ -376,7 +378,7 @@ def _plain_runner(argv: Sequence[str], stdin: str | None) -> Outcome:
 
 
 def check(
-    container_port: int = DEFAULT_CONTAINER_PORT, runner: Runner = _plain_runner, unit_path: Path = UNIT_PATH
+    container_port: int = DEFAULT_CONTAINER_PORT, runner: Runner = plain_runner, unit_path: Path = UNIT_PATH
 ) -> list[Finding]:
     """What ``doctor --containers`` reports: the address, the rules, the boot unit, each
     problem with its exact fix. Only reads; never goes through sudo."""
