@@ -182,3 +182,20 @@ def test_default_paths_are_under_the_state_dir(tmp_path: Path) -> None:
     from rolebroker.grants import default_grants_file
 
     assert default_grants_file(env) == tmp_path / "rolebroker" / "grants.json"
+
+
+@pytest.mark.parametrize(
+    "at",
+    [1_800_000_000.0, 1_800_000_000.0015, 1_800_000_000.9995, 1_800_000_000.9999995, 1_800_000_059.0000004],
+)
+def test_a_repeated_request_is_written_as_a_fresh_one_would_be(path: Path, at: float) -> None:
+    """The writer keeps each repeated request's line after its time stamp: the line must be
+    byte for byte the one formatted from scratch, millisecond rounding at a second's edge too."""
+    log = AuditLog(path)
+    who = CallerIdentity(uid=1000, pid=42, exe="/usr/bin/python3", cmdline=("python3", "x.py"), cwd="/w")
+    first = audit._Pending(at - 61.5, "prod", "OK", 200, "arn:aws:iam::1:role/r", None, who, "ua/1", None)
+    again = first._replace(at=at)
+    other = again._replace(outcome="GrantScope", status=403)
+    for raw in (first, again, other, again):
+        assert log._format(raw) == log._line(log._finish(raw))
+    assert log._format(again) != log._format(other)
