@@ -399,3 +399,70 @@ def test_containers_probe_without_root_prints_the_command_and_runs_nothing(
     consent = CliRunner().invoke(containers_group, ["probe", "--port", "10123", "--apply"])
     assert consent.exit_code == 0, consent.output
     assert ran and ran[0][0] == "sudo" and ran[0][1][:2] == ["sudo", "--"]
+
+
+# -- the user's socket unit -------------------------------------------------------------------
+
+SHOW = ("systemctl", "--user", "show")
+HELD = f"LoadState=loaded\nActiveState=active\nListen={setup.ADDRESS}:{PORT} (Stream)\n"
+
+
+@pytest.mark.parametrize(
+    ("show", "linger", "level", "what", "fix"),
+    [
+        (Outcome(0, HELD, ""), "yes\n", Level.OK, "holds 169.254.170.2:9912 while the daemon is stopped", ""),
+        (Outcome(0, HELD, ""), "no\n", Level.NOTE, "not from boot", 'loginctl enable-linger "$USER"'),
+        (
+            Outcome(0, "LoadState=not-found\nActiveState=inactive\nListen=\n", ""),
+            "yes\n",
+            Level.NOTE,
+            "nothing holds 169.254.170.2:9912 while the daemon is stopped (rolebroker-containers.socket: "
+            "not-found)",
+            "rolebroker containers setup",
+        ),
+        (
+            Outcome(0, "LoadState=loaded\nActiveState=failed\nListen=169.254.170.2:9912 (Stream)\n", ""),
+            "yes\n",
+            Level.NOTE,
+            "(rolebroker-containers.socket: failed)",
+            "rolebroker containers setup",
+        ),
+        (
+            Outcome(0, "LoadState=loaded\nActiveState=active\nListen=169.254.170.2:9000 (Stream)\n", ""),
+            "yes\n",
+            Level.PROBLEM,
+            "holds 169.254.170.2:9000, but the daemon's container port is 169.254.170.2:9912",
+            "ListenStream=169.254.170.2:9912",
+        ),
+        (
+            Outcome(1, "", "Failed to connect to bus: No medium found\n"),
+            "yes\n",
+            Level.NOTE,
+            "cannot ask your user manager whether rolebroker-containers.socket holds 169.254.170.2:9912 "
+            "(Failed to connect to bus",
+            "",
+        ),
+    ],
+)
+def test_the_socket_unit_that_holds_the_port_between_daemon_runs(
+    settings: Settings, show: Outcome, linger: str, level: Level, what: str, fix: str
+) -> None:
+    fake = Fake(outcomes={**SETUP_OK, SHOW: show, ("loginctl",): Outcome(0, linger, "")})
+    findings = cdoctor.diagnose(settings, run_probe=False, system=replace(fake.system(), user="alice"))
+    (found,) = [f for f in findings if "rolebroker-containers.socket" in f.what]
+    assert found.level is level and what in found.what, found
+    assert fix in found.fix, found.fix
+    if (
+        level is not Level.PROBLEM
+        and show.returncode == 0
+        and "active" in show.stdout.split("ActiveState=")[1][:6]
+    ):
+        assert ("loginctl", "show-user", "alice", "-p", "Linger", "--value") in fake.ran
+
+
+def test_as_root_the_socket_unit_is_not_asked(settings: Settings) -> None:
+    """Root's user manager is not the daemon's: asking it would say nothing true."""
+    fake = Fake(outcomes={**SETUP_OK, SHOW: Outcome(0, HELD, "")})
+    findings = cdoctor.diagnose(settings, run_probe=False, system=fake.system(euid=0, sudo_uid=ME))
+    assert not [f for f in findings if "rolebroker-containers.socket" in f.what]
+    assert not [argv for argv in fake.ran if argv[:2] == ("systemctl", "--user")]

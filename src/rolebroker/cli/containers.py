@@ -25,7 +25,7 @@ from rolebroker.config import Settings
 
 PORT_HELP = f"The daemon's container port [default: {containers.DEFAULT_CONTAINER_PORT}]"
 LINK_HELP = "Interface type for the address: dummy, or bridge on kernels built without the dummy driver"
-SOCKET_UNIT = "rolebroker-containers.socket"
+SOCKET_UNIT = containers.SOCKET_UNIT
 
 
 def user_steps(plan: containers.Plan) -> str:

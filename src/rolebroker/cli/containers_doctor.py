@@ -139,6 +139,56 @@ def listener_finding(
     )
 
 
+# -- the user's socket unit --------------------------------------------------------------------
+
+
+def socket_unit_finding(settings: Settings, runner: setup.Runner, user: str) -> Finding:
+    """Does the user manager hold the container port while the daemon is stopped
+    (systemd/rolebroker-containers.socket)? Without it another local user can bind the port
+    between two daemon runs and catch the grant of the next container that asks."""
+    where = f"{setup.ADDRESS}:{settings.container_port}"
+    unit = setup.SOCKET_UNIT
+    shown = runner(
+        ("systemctl", "--user", "show", "-p", "LoadState", "-p", "ActiveState", "-p", "Listen", unit), None
+    )
+    if shown.returncode != 0:
+        why = (shown.stderr.strip().splitlines() or [f"exit status {shown.returncode}"])[0]
+        return Finding(
+            Level.NOTE,
+            f"cannot ask your user manager whether {unit} holds {where} ({why})",
+            "without a systemd user manager nothing holds the port while the daemon is stopped",
+            "",
+        )
+    state = dict(line.partition("=")[::2] for line in shown.stdout.splitlines())
+    loaded, active = state.get("LoadState", "?"), state.get("ActiveState", "?")
+    if loaded != "loaded" or active != "active":
+        shown_state = active if loaded == "loaded" else loaded
+        return Finding(
+            Level.NOTE,
+            f"nothing holds {where} while the daemon is stopped ({unit}: {shown_state})",
+            "another local user could take the port between two daemon runs and catch a container's grant",
+            f"install and enable {unit}: `rolebroker containers setup` prints the steps (as yourself)",
+        )
+    listening = state.get("Listen", "").split(" ", 1)[0]
+    if listening != where:
+        return Finding(
+            Level.PROBLEM,
+            f"{unit} holds {listening or 'nothing'}, but the daemon's container port is {where}",
+            "the rules forward containers to the daemon's port: the held one is never used",
+            f"systemctl --user edit {unit}, with ListenStream= (empty) then ListenStream={where}; "
+            f"then: systemctl --user restart {unit} rolebroker.service",
+        )
+    linger = runner(("loginctl", "show-user", user, "-p", "Linger", "--value"), None)
+    if linger.returncode == 0 and linger.stdout.strip() == "no":
+        return Finding(
+            Level.NOTE,
+            f"{unit} holds {where} while you are logged in, not from boot or after you log out",
+            "containers keep running after you log out; lingering starts your user manager at boot",
+            'loginctl enable-linger "$USER"',
+        )
+    return Finding(Level.OK, f"{unit} holds {where} while the daemon is stopped")
+
+
 # -- running the probe through sudo -----------------------------------------------------------
 
 
@@ -229,11 +279,19 @@ class System:
     prober: Callable[..., probe.ProbeResult] = probe.run_probe
     sudo: Callable[[Sequence[str]], SudoRun] = run_through_sudo
     timeout: float = probe.DEFAULT_TIMEOUT
+    user: str = ""
+    """The login name, for loginctl."""
 
     @classmethod
     def real(cls, environ: Mapping[str, str]) -> System:
         raw = environ.get("SUDO_UID", "")
-        return cls(os.geteuid(), os.getuid(), int(raw) if raw.isdigit() else None)
+        import pwd
+
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+        return cls(os.geteuid(), os.getuid(), int(raw) if raw.isdigit() else None, user=user)
 
     @property
     def me(self) -> int | None:
@@ -267,6 +325,8 @@ def diagnose(settings: Settings, *, run_probe: bool, system: System) -> list[Fin
     holders = system.holders(port)
     listener = listener_finding(settings, system.daemon(settings), holders, system.me)
     findings = [address, rules, unit, listener]
+    if system.euid != 0:  # root's user manager is not the daemon's
+        findings.append(socket_unit_finding(settings, system.runner, system.user))
     if address.level is Level.OK:
         reply = system.host_request(system.timeout)
         findings.append(

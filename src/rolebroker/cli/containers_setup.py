@@ -49,6 +49,8 @@ Docker's own DNAT (priority dstnat, -100): a container publishing host port 80 m
 capture other containers' credential requests to 169.254.170.2:80."""
 UNIT_NAME = "rolebroker-containers.service"
 UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
+SOCKET_UNIT = "rolebroker-containers.socket"
+"""The user's own socket unit (systemd/): holds the container port while the daemon is stopped."""
 RULESET_PATH = Path("/etc/rolebroker/containers.nft")
 
 LinkKind = Literal["dummy", "bridge"]
