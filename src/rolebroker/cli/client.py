@@ -4,8 +4,9 @@ The token is sent only on a connection whose listener first proved that it knows
 (``GET /proof?nonce=...``, see authtoken.py): any local user can bind a free port, and a
 squatter must learn nothing from the CLI.
 
-Plain ``http.client`` on purpose: no proxy settings apply (SDKs never proxy the endpoint
-either), it adds no dependency to the CLI, and it is imported only by the commands that send a request.
+HTTP through wire.py, a small strict client over a plain socket: no proxy settings apply (SDKs
+never proxy the endpoint either), it adds no dependency to the CLI, and unlike ``http.client`` it
+loads neither the ``email`` package nor OpenSSL, which a shell start would pay for.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from rolebroker.config import DEFAULT_PORT, Settings
 from rolebroker.errors import BadReply, HttpError
 
 if TYPE_CHECKING:
-    import http.client
-
+    from rolebroker.cli.wire import Connection
     from rolebroker.statusdoc import StatusDoc
 
 CLIENT_HOST = "127.0.0.1"
@@ -33,6 +33,10 @@ CLIENT_HOST = "127.0.0.1"
 QUICK_TIMEOUT = 10.0
 """Seconds for health, status and reload. Generous because a socket-activated daemon is
 started by the first connection and answers only once it is up."""
+
+
+PROOF_BYTES = 4096
+"""The most the CLI reads of a reply to ``GET /proof``: any listener may answer it."""
 
 
 class ClientError(Exception):
@@ -243,19 +247,21 @@ class DaemonClient:
         body = None
         if json_body is not None:
             headers["Content-Type"] = "application/json"
-            body = json.dumps(json_body)
-        import http.client  # not at module level: `rolebroker token` reads a file and sends nothing
+            body = json.dumps(json_body).encode()
+        # Not at module level: `rolebroker token` reads a file and sends nothing.
+        from rolebroker.cli import wire
 
-        connection = http.client.HTTPConnection(CLIENT_HOST, self.settings.port, timeout=timeout)
+        connection: Connection | None = None
         try:
+            # One deadline for the connect, the proof and the request: no server holds us longer.
+            connection = wire.connect(CLIENT_HOST, self.settings.port, timeout)
             if proof_token is not None:
                 # Same connection for the proof and the token: nobody can take the port in between.
+                # A wire.Connection never reconnects, so the token goes only to the proven listener.
                 self._prove(connection, proof_token)
-                connection.auto_open = 0  # never silently reconnect to an unproven listener
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            return Reply(response.status, response.read().decode("utf-8", "replace"))
-        except http.client.NotConnected:
+            response = connection.exchange(method, path, headers, body)
+            return Reply(response.status, response.body.decode("utf-8", "replace"))
+        except wire.NotConnected:
             raise DaemonUnreachable(
                 f"rolebroker on {CLIENT_HOST}:{self.settings.port} closed the connection after its proof",
                 "retry; if it persists, check its log (journalctl --user -u rolebroker)",
@@ -271,25 +277,28 @@ class DaemonClient:
                 f"within {timeout:.0f}s",
                 "check its log (journalctl --user -u rolebroker) or restart it",
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, wire.WireError) as exc:
             raise DaemonUnreachable(
                 f"cannot talk to rolebroker on {CLIENT_HOST}:{self.settings.port} "
                 f"({type(exc).__name__}: {exc})",
                 start_hint(self.settings),
             ) from None
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
 
-    def _prove(self, connection: http.client.HTTPConnection, token: str) -> None:
+    def _prove(self, connection: Connection, token: str) -> None:
         """Ask the listener for HMAC(token, nonce, the address we connected to); no token sent."""
         from rolebroker.authtoken import new_nonce, proof_is_valid
+        from rolebroker.cli import wire
 
         nonce = new_nonce()
-        connection.request(
-            "GET", f"/proof?nonce={nonce.hex()}", headers={"Host": f"{CLIENT_HOST}:{self.settings.port}"}
-        )
-        response = connection.getresponse()
-        text = response.read(4096).decode("utf-8", "replace")
+        host = {"Host": f"{CLIENT_HOST}:{self.settings.port}"}
+        try:
+            response = connection.exchange("GET", f"/proof?nonce={nonce.hex()}", host, body_limit=PROOF_BYTES)
+        except wire.ReplyTooLarge:
+            raise self._not_proven() from None  # a proof is 80 bytes: whoever sends more is not rolebroker
+        text = response.body.decode("utf-8", "replace")
         body = Reply(response.status, text).json_object() if response.status == 200 else None
         answer = body.get("proof") if body else None
         if not proof_is_valid(token, nonce, CLIENT_HOST, self.settings.port, answer):
