@@ -23,6 +23,10 @@ from tests.support.daemon import Daemon
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "rolebroker"
 
+NO_HTTP_CLIENT = ("http.client", "ssl", "email")
+"""What ``import http.client`` would load: the quick forms talk to the daemon through wire.py.
+(``env`` also reads the AWS config with botocore.configloader, which loads none of them.)"""
+
 HEAVY = (
     "botocore.session",
     "botocore.client",
@@ -173,6 +177,12 @@ def test_shell_start_commands_import_nothing_heavy(daemon: Daemon, args: tuple[s
     assert "rolebroker.cli.quick" in imported  # the trace really is this command's
     if args in QUICK:  # the forms a shell start runs do not even load the CLI framework
         assert "click" not in imported and "rolebroker.cli.main" not in imported
+        stdlib_http = sorted(
+            m for m in imported if any(m == h or m.startswith(h + ".") for h in NO_HTTP_CLIENT)
+        )
+        assert not stdlib_http, f"rolebroker {' '.join(args)} imported {stdlib_http}"
+        if args in (("env", "prod"), ("status",)):
+            assert "rolebroker.cli.wire" in imported  # they did send their requests
     else:
         assert "rolebroker.cli.main" in imported
     heavy = sorted(m for m in imported if any(m == h or m.startswith(h + ".") for h in HEAVY))

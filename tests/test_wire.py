@@ -17,7 +17,7 @@ import pytest
 
 from rolebroker.authtoken import listener_proof
 from rolebroker.cli import wire
-from rolebroker.cli.client import DaemonClient, DaemonUnreachable
+from rolebroker.cli.client import PROOF_BYTES, ClientError, DaemonClient, DaemonUnreachable
 from rolebroker.config import Settings
 
 Script = bytes | Callable[[socket.socket, bytes], None]
@@ -399,3 +399,13 @@ def test_client_a_dripping_daemon_is_reported_at_the_timeout(serve: Serve, tmp_p
     with pytest.raises(DaemonUnreachable, match="did not answer GET /healthz within 1s"):
         _client(tmp_path, server.port).request("GET", "/healthz", authorize=False, timeout=0.6)
     assert time.monotonic() - start < 2
+
+
+def test_client_an_oversized_proof_reply_is_a_listener_that_did_not_prove(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """As with http.client's capped read: more than PROOF_BYTES is no proof, and no token is sent."""
+    server = serve([ok(b'{"proof": "' + b"0" * PROOF_BYTES + b'"}'), ok(b"{}")])
+    with pytest.raises(ClientError, match="could not prove it knows the token"):
+        _client(tmp_path, server.port).request("GET", "/status")
+    assert len(server.requests) == 1
