@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tests.support.bridgenet import (
     bridgenet,
     fetch,
     namespace_problem,
+    start_moto,
 )
 from tests.support.ci import skip_or_fail
 from tests.support.clients import CLIENTS_DIR, require_node, require_node_package
@@ -142,11 +142,7 @@ class Rig:
 
 def _start_rig(net: BridgeNet, home: AwsHome, docker: FakeDocker) -> Rig:
     net.apply(containers.setup_plan(CONTAINER_PORT, link_kind=net.link_kind, persist=False))
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    # 0.0.0.0 inside the private namespace: the daemon uses its loopback, the containers the
-    # bridge gateways (for their own STS call), nothing outside the namespaces sees it.
-    moto = ManagedProcess(net.host.argv(exe, "-H", "0.0.0.0", "-p", str(MOTO_PORT)), env)
+    moto = start_moto(net.host, MOTO_PORT)
     rig = Rig(net, home, None, moto, [], docker)  # type: ignore[arg-type]
     argv = [sys.executable, "-m", "rolebroker", "serve", "--port", str(DAEMON_PORT)]
     rig.daemon = ManagedProcess(net.host.argv(*argv), rig.env(), cwd=home.root)
@@ -157,12 +153,6 @@ def _start_rig(net: BridgeNet, home: AwsHome, docker: FakeDocker) -> Rig:
         return "container listener on" in rig.daemon.output() and "listening on" in rig.daemon.output()
 
     wait_until(ready, 20, "the daemon's container listener", step=0.05)
-    wait_until(
-        lambda: rig.net.fetch(rig.net.host, {"url": f"http://127.0.0.1:{MOTO_PORT}/"})[0].get("status"),
-        30,
-        "moto in the host namespace",
-        step=0.2,
-    )
     return rig
 
 

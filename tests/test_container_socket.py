@@ -13,7 +13,6 @@ request through 169.254.170.2:80 starts the daemon, which serves it on the inher
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import signal
@@ -34,7 +33,7 @@ from rolebroker.cli import containers_setup as containers
 from rolebroker.config import DEFAULT_CONTAINER_PORT, Settings
 from rolebroker.grants import GrantStore
 from rolebroker.listeners import CONTAINER_FD_NAME, sort_passed
-from tests.support.bridgenet import BridgeNet, bridgenet, fetch, namespace_problem
+from tests.support.bridgenet import BridgeNet, bridgenet, fetch, namespace_problem, start_moto
 from tests.support.ci import skip_or_fail
 from tests.support.daemon import BASE_SECRET, CHAIN_CONFIG, CHAIN_CREDENTIALS, REPO, AwsHome
 from tests.support.procs import ManagedProcess
@@ -205,21 +204,6 @@ class Host:
         return self.home.token_file.read_text()
 
 
-def start_moto(net: BridgeNet) -> ManagedProcess:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    # 0.0.0.0 inside the private namespace: the daemon uses its loopback, a container's STS
-    # call the bridge gateway; nothing outside the namespaces sees it.
-    moto = ManagedProcess(net.host.argv(exe, "-H", "0.0.0.0", "-p", str(MOTO_PORT)), env)
-    wait_until(
-        lambda: fetch(net.host, {"url": f"http://127.0.0.1:{MOTO_PORT}/"})[0].get("status"),
-        30,
-        "moto in the host namespace",
-        step=0.2,
-    )
-    return moto
-
-
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """The laptop after ``containers setup``: address, DNAT and drop rules in the host
@@ -237,7 +221,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     port = int(unit_value("rolebroker-containers.socket", "ListenStream").rsplit(":", 1)[1])
     with bridgenet() as net:
         net.apply(containers.setup_plan(port, link_kind=net.link_kind, persist=False))
-        moto = start_moto(net)
+        moto = start_moto(net.host, MOTO_PORT)
         try:
             yield Host(net, home, moto, grant)
         finally:

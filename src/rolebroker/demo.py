@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from rolebroker.cli.shellenv import KEY_VARS, PROFILE_VARS, RELATIVE_URI, WEB_IDENTITY_VARS
 from rolebroker.config import DEFAULT_PORT, Settings
+from rolebroker.interrupts import raising_on
 
 DEV_ACCOUNT = "111111111111"
 DEMO_REGION = "us-east-1"
@@ -119,17 +119,8 @@ def _stop_on_signals() -> Iterator[None]:
     """uvicorn re-raises SIGTERM/SIGINT with the handlers it found once it has shut down:
     these handlers turn them into _Stop instead of killing the process mid-cleanup."""
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        raise _Stop(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with contextlib.suppress(_Stop), raising_on(_Stop, signal.SIGTERM, signal.SIGINT):
         yield
-    except _Stop:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

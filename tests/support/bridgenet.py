@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from rolebroker.cli import containers_setup as containers
+from tests.support.moto import moto_argv, moto_env
+from tests.support.procs import ManagedProcess
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "nft", "unshare", "nsenter")
@@ -170,6 +173,24 @@ def fetch(ns: Namespace, *requests: dict[str, Any], timeout: float = 10.0) -> li
         raise RuntimeError(f"fetch failed: {done.stderr[-500:]}")
     results: list[dict[str, Any]] = json.loads(done.stdout)
     return results
+
+
+def start_moto(ns: Namespace, port: int) -> ManagedProcess:
+    """moto inside ``ns`` on 0.0.0.0: the daemon there reaches it on loopback, a container
+    through its bridge gateway; nothing outside the test's namespaces sees it. Returns once
+    it answers."""
+    moto = ManagedProcess(ns.argv(*moto_argv("0.0.0.0", port)), moto_env())
+    try:
+        wait_until(
+            lambda: fetch(ns, {"url": f"http://127.0.0.1:{port}/"})[0].get("status"),
+            30,
+            "moto in the host namespace",
+            step=0.2,
+        )
+    except BaseException:
+        moto.cleanup()
+        raise
+    return moto
 
 
 @dataclass

@@ -46,13 +46,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 from rolebroker import procfs
 from rolebroker.cli import containers_setup as setup
 from rolebroker.cli.doctor import Finding, Level
 from rolebroker.errors import MissingToken
+from rolebroker.interrupts import raising_on
 
 PROBE_RANGE = ipaddress.IPv4Network("198.19.170.0/24")
 BRIDGE_PREFIX = "br-rbp"
@@ -436,17 +436,8 @@ class Interrupted(BaseException):
     """SIGTERM or SIGHUP during the probe: unwinds like Ctrl-C, through the clean-up."""
 
 
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _interruptible() -> contextlib.AbstractContextManager[None]:
+    return raising_on(Interrupted, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
