@@ -13,25 +13,21 @@ import os
 import secrets
 import shlex
 import sys
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
-from rolebroker.cli.client import DaemonClient, DaemonError
+from rolebroker.cli.client import DaemonClient, creds_path
+from rolebroker.cli.containers_setup import ADDRESS as CONTAINER_ADDRESS
+from rolebroker.cli.grantclient import new_grant
+from rolebroker.cli.grants import duration
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.cli.shell import EXEC_FAILED, ExecError, options_first
-from rolebroker.cli.shellenv import read_aws_config
-from rolebroker.errors import BadReply
-from rolebroker.grantcode import DEFAULT_EXEC_TTL, parse_duration
+from rolebroker.cli.shellenv import FULL_URI, RELATIVE_URI, TOKEN, read_aws_config
+from rolebroker.grantcode import DEFAULT_EXEC_TTL
 
-CONTAINER_HOST = "169.254.170.2"
-FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
-TOKEN = "AWS_CONTAINER_AUTHORIZATION_TOKEN"  # noqa: S105  (a variable name, not a secret)
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
 
 
@@ -59,30 +55,10 @@ def container_env(
     if relative:
         variables = [(RELATIVE_URI, f"/v2/credentials/{grant}")]
     else:
-        path = "/creds/" + urllib.parse.quote(profile, safe="")
-        variables = [(FULL_URI, f"http://{CONTAINER_HOST}{path}"), (TOKEN, grant)]
+        variables = [(FULL_URI, f"http://{CONTAINER_ADDRESS}{creds_path(profile)}"), (TOKEN, grant)]
     if region:
         variables += [("AWS_REGION", region), ("AWS_DEFAULT_REGION", region)]
     return ContainerEnv(tuple(variables), grant_name, expires_at)
-
-
-def create_grant(client: DaemonClient, profile: str, ttl: float | None, name: str | None) -> dict[str, Any]:
-    """``POST /grants`` with the master token (after the listener's proof)."""
-    answer = client.create_grant([profile], ttl, name)
-    if not isinstance(answer.get("grant"), str):
-        raise DaemonError(
-            BadReply.status, BadReply.code, "POST /grants returned no grant; is that rolebroker?"
-        )
-    return answer
-
-
-def _ttl(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_EXEC_TTL
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ttl") from None
 
 
 def _granted(
@@ -95,9 +71,11 @@ def _granted(
     error: type[click.ClickException] = click.ClickException,
 ) -> ContainerEnv:
     settings = daemon_settings(port, token_file)
-    seconds = _ttl(ttl)
+    seconds = duration(ttl)
     with reported(error):
-        answer = create_grant(DaemonClient(settings), profile, seconds, name)
+        answer = new_grant(
+            DaemonClient(settings), [profile], DEFAULT_EXEC_TTL if seconds is None else seconds, name
+        )
     region = read_aws_config(os.environ, profile).region
     return container_env(
         profile,

@@ -13,8 +13,10 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rolebroker.cli.client import DaemonClient, DaemonError
+from rolebroker.errors import BadReply
 from rolebroker.grantcode import grant_string
 
 GRANT_FILE_DIR = ("rolebroker", "grants")
@@ -34,11 +36,20 @@ def client_grant(client: DaemonClient, kind: str, profile: str, ttl: float | Non
             ):
                 return str(row["name"]), grant_string(client.token(), row["id"])
     name = f"{kind}-{_label(profile)}-{secrets.token_hex(3)}"
-    made = client.create_grant([profile], ttl, name)
-    grant = made.get("grant")
-    if not isinstance(grant, str):
-        raise DaemonError(502, "BadReply", "POST /grants returned no grant; is that rolebroker?")
-    return str(made.get("name", name)), grant
+    made = new_grant(client, [profile], ttl, name)
+    return str(made.get("name", name)), made["grant"]
+
+
+def new_grant(
+    client: DaemonClient, profiles: list[str], ttl: float | None, name: str | None
+) -> dict[str, Any]:
+    """``POST /grants`` (after the listener's proof): the reply, whose ``grant`` is a string."""
+    made = client.create_grant(profiles, ttl, name)
+    if not isinstance(made.get("grant"), str):
+        raise DaemonError(
+            BadReply.status, BadReply.code, "POST /grants returned no grant; is that rolebroker?"
+        )
+    return made
 
 
 def _label(profile: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from rolebroker.cli.client import DaemonClient
+from rolebroker.cli.grantclient import new_grant
 from rolebroker.cli.options import daemon_options, daemon_settings, reported
 from rolebroker.grantcode import DEFAULT_EXEC_TTL, parse_duration
 
@@ -72,11 +73,8 @@ def grant_command(
         raise click.UsageError("name at least one profile: rolebroker grant PROFILE... [--ttl 2h]")
     seconds = duration(ttl)
     with reported():
-        made = client.create_grant(list(profiles), seconds, name)
-    grant = made.get("grant")
-    if not isinstance(grant, str):
-        raise click.ClickException("the daemon returned no grant; is that rolebroker?")
-    click.echo(grant)
+        made = new_grant(client, list(profiles), seconds, name)
+    click.echo(made["grant"])
     until = f"until {made.get('expires_at')}" if made.get("expires_at") else "with no expiry"
     first = profiles[0]
     served = ", ".join(made.get("profiles") or profiles)
