@@ -69,6 +69,7 @@ def test_parse_reads_the_plain_forms(
         ["env", "--", "prod"],
         ["env", "prod", "--sh", "fish"],  # click does not complete prefixes either
         ["env", "pro\x1bd"],  # a control character: click strips escape sequences from echoes
+        ["token", "--token-file="],  # an empty value: click reads it its own way
     ],
 )
 def test_parse_declines_everything_else(argv: list[str]) -> None:

@@ -73,6 +73,8 @@ def parse(argv: Sequence[str]) -> Invocation | None:
             values[name] = rest.pop(0)
         else:
             return None
+        if values.get(name) == "":
+            return None  # click reads an empty value its own way (an empty path, a bad port)
     if len(arguments) != positional:
         return None
     return Invocation(command, tuple(arguments), frozenset(flags), values)
@@ -100,7 +102,7 @@ def run(argv: Sequence[str]) -> int | None:
     return handler(invocation, settings)
 
 
-def _token(invocation: Invocation, settings: Settings) -> int | None:
+def _token(invocation: Invocation, settings: Settings) -> int:
     from rolebroker.cli.client import ClientError, DaemonClient
 
     try:
@@ -111,7 +113,7 @@ def _token(invocation: Invocation, settings: Settings) -> int | None:
     return 0
 
 
-def _status(invocation: Invocation, settings: Settings) -> int | None:
+def _status(invocation: Invocation, settings: Settings) -> int:
     import json
     import time
 
