@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from rolebroker import containerinfo
 from rolebroker.cli import containers_setup as containers
 from tests.support.bridgenet import (
     CONTAINER1,
@@ -351,6 +353,9 @@ def test_the_loopback_path_is_unchanged_and_audit_names_the_container(rig: Rig) 
     shown = rig.cli("audit", "--grant", "docker:audited")
     assert shown.returncode == 0 and "container audited-web at 172.30.1.2" in shown.stdout, shown
     # Container 2's address is in no listing: recorded as no container, not as another one.
+    # The daemon lists containers at most once per MIN_INTERVAL; a request within that time of
+    # the last listing has none made after it, so its line would leave the container out.
+    time.sleep(containerinfo.MIN_INTERVAL)
     other = rig.grant("dev", "--name", "docker:unlisted")["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
     rig.net.fetch(rig.net.container2, {"url": creds_url("dev"), "headers": {"Authorization": other}})
 
