@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ci import skip_or_fail
-from tests.support.clients import CLIENTS_DIR
+from tests.support.clients import CLIENTS_DIR, failure_report
 from tests.support.daemon import Daemon
 from tests.support.moto import MotoServer
 from tests.support.stsproxy import StsProxy
@@ -113,17 +113,7 @@ def _text(output: bytes | str | None) -> str:
 
 def describe(run: Run, daemon: Daemon) -> str:
     """A failure message: the client's output and the daemon's log, secrets masked."""
-
-    def mask(text: str) -> str:
-        for secret in daemon.secrets():
-            text = text.replace(secret, "<SECRET>")
-        return text[-3000:]
-
-    return (
-        f"\n{run.name} rc={run.returncode} after {run.seconds:.1f}s"
-        f"\n--- stdout ---\n{mask(run.stdout)}\n--- stderr ---\n{mask(run.stderr)}"
-        f"\n--- daemon ---\n{daemon.safe_output()[-3000:]}"
-    )
+    return failure_report(run.name, run.returncode, run.seconds, run.stdout, run.stderr, daemon)
 
 
 def learn_served(daemon: Daemon, profile: str) -> None:
@@ -135,6 +125,17 @@ def learn_served(daemon: Daemon, profile: str) -> None:
 def assert_no_leak(run: Run, daemon: Daemon) -> None:
     leaked = daemon.leaked(run.stdout + run.stderr)
     assert not leaked, f"{run.name} printed secrets (masked): {leaked}"
+
+
+def assert_served_the_chain(run: Run, daemon: Daemon, sts: StsProxy) -> None:
+    """``run`` got prod-admin's identity from the daemon, which assumed the 3-hop chain."""
+    used = last_used(daemon, "prod-admin")  # before learn_served asks for the profile too
+    learn_served(daemon, "prod-admin")
+    assert_no_leak(run, daemon)
+    assert run.returncode == 0, describe(run, daemon)
+    assert run.identity() == {"Account": "333333333333", "Arn": PROD_ADMIN_ARN}, describe(run, daemon)
+    assert used, "the daemon served nothing: the identity came from elsewhere"
+    assert sts.count("AssumeRole") == 3
 
 
 def last_used(daemon: Daemon, profile: str) -> object:
@@ -163,13 +164,7 @@ def test_aiobotocore_gets_the_chained_cross_account_role(
         "prod-admin",
         env={"AWS_ENDPOINT_URL_STS": moto.url},
     )
-    used = last_used(daemon, "prod-admin")  # before learn_served asks for the profile too
-    learn_served(daemon, "prod-admin")
-    assert_no_leak(run, daemon)
-    assert run.returncode == 0, describe(run, daemon)
-    assert run.identity() == {"Account": "333333333333", "Arn": PROD_ADMIN_ARN}, describe(run, daemon)
-    assert used, "the daemon served nothing: the identity came from elsewhere"
-    assert sts.count("AssumeRole") == 3
+    assert_served_the_chain(run, daemon, sts)
 
 
 def test_aiobotocore_shows_the_daemons_error(daemon: Daemon, moto: MotoServer) -> None:
@@ -249,13 +244,7 @@ def test_go_sdk_gets_the_chained_cross_account_role(
 ) -> None:
     binary = go_build.binary(name)
     run = run_client(name, [str(binary), moto.url], daemon, "prod-admin")
-    used = last_used(daemon, "prod-admin")  # before learn_served asks for the profile too
-    learn_served(daemon, "prod-admin")
-    assert_no_leak(run, daemon)
-    assert run.returncode == 0, describe(run, daemon)
-    assert run.identity() == {"Account": "333333333333", "Arn": PROD_ADMIN_ARN}, describe(run, daemon)
-    assert used, "the daemon served nothing: the identity came from elsewhere"
-    assert sts.count("AssumeRole") == 3
+    assert_served_the_chain(run, daemon, sts)
 
 
 @go_sdks

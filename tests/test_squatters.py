@@ -40,21 +40,12 @@ from rolebroker.authtoken import (
 from tests.conftest import StartDaemon
 from tests.support.cli import cli_env, run_cli
 from tests.support.daemon import AwsHome, Daemon
-from tests.support.procs import ManagedProcess, free_port
+from tests.support.procs import ManagedProcess, free_port, ipv6_loopback
 
 OTHER_UID = 4242
 SETPRIV = shutil.which("setpriv")
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 SQUATTED = "is not rolebroker (it could not prove it knows the token); another user may be squatting the port"
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 needs_other_uid = pytest.mark.skipif(

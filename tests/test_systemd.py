@@ -28,7 +28,7 @@ import pytest
 
 from rolebroker import systemd
 from tests.support.ci import skip_or_fail
-from tests.support.procs import ManagedProcess, free_port
+from tests.support.procs import ManagedProcess, free_port, ipv6_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "systemd"
@@ -193,17 +193,6 @@ def test_listen_sockets_with_zero_descriptors_is_empty() -> None:
 # --- socket_address ------------------------------------------------------------------------
 
 
-def ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 def test_socket_address_of_listening_ipv4_socket() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -211,7 +200,7 @@ def test_socket_address_of_listening_ipv4_socket() -> None:
         assert systemd.socket_address(sock) == ("127.0.0.1", sock.getsockname()[1])
 
 
-@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_socket_address_of_ipv6_and_mapped_sockets() -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
         sock.bind(("::1", 0))
@@ -338,7 +327,7 @@ def test_several_sockets_arrive_in_order_with_their_names() -> None:
     ports = [free_port(), free_port()]
     listen = [f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"]
     hosts = ["127.0.0.1", "127.0.0.1"]
-    if ipv6_loopback_available():
+    if ipv6_loopback():
         listen[1], hosts[1] = f"[::1]:{ports[1]}", "::1"
     proc = start_activated(listen, [sys.executable, "-c", ACTIVATED_CHILD], extra=["--fdname=main:extra"])
     try:
@@ -397,7 +386,7 @@ def test_listen_sockets_refuses_descriptors_that_are_not_sockets() -> None:
 
 def loopback_hosts() -> list[str]:
     """The addresses rolebroker.socket listens on, as far as this machine has them."""
-    return ["127.0.0.1", "::1"] if ipv6_loopback_available() else ["127.0.0.1"]
+    return ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]
 
 
 def http_get(host: str, port: int, path: str, proc: ManagedProcess) -> bytes:
@@ -619,7 +608,7 @@ def test_launchd_plist_loads_with_the_expected_keys() -> None:
 
 
 @linux_only
-@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_daemon_given_only_127_0_0_1_holds_the_ipv6_loopback_itself(short_dir: Path) -> None:
     """An older socket unit with one ListenStream: the daemon binds [::1] on the same port, so
     no other user can answer clients that resolve localhost to ::1."""

@@ -217,6 +217,14 @@ def run_client(
 
 def describe(run: ClientRun, daemon: Daemon) -> str:
     """A failure message: the client's output and the daemon's log, secrets masked."""
+    label = f"{run.client.name} {run.client.version()}"
+    return failure_report(label, run.returncode, run.seconds, run.stdout, run.stderr, daemon)
+
+
+def failure_report(
+    label: str, returncode: int | None, seconds: float, stdout: str, stderr: str, daemon: Daemon
+) -> str:
+    """A client process's output and the daemon's log, every secret the daemon served masked."""
 
     def mask(text: str) -> str:
         for secret in daemon.secrets():
@@ -224,7 +232,7 @@ def describe(run: ClientRun, daemon: Daemon) -> str:
         return text[-3000:]
 
     return (
-        f"\n{run.client.name} {run.client.version()} rc={run.returncode} after {run.seconds:.1f}s"
-        f"\n--- stdout ---\n{mask(run.stdout)}\n--- stderr ---\n{mask(run.stderr)}"
+        f"\n{label} rc={returncode} after {seconds:.1f}s"
+        f"\n--- stdout ---\n{mask(stdout)}\n--- stderr ---\n{mask(stderr)}"
         f"\n--- daemon ---\n{daemon.safe_output()[-3000:]}"
     )
