@@ -12,19 +12,12 @@ import pytest
 from rolebroker import audit
 from rolebroker.audit import AuditLog, follow, format_table, read_audit
 from rolebroker.identity import CallerIdentity
+from tests.support.clock import FakeClock
 
 MASTER = "abcd.efgh.ijkl.mnop.qrst.uvwx.yz12.3456"  # a user-chosen token: no long run to spot
 GRANT = "rbg1.AAAAAAAAAAAAAAAAAAAAAA." + "B" * 20 + "-" + "C" * 10 + "_" + "D" * 11  # no base64 run
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 ACCESS_KEY = "ASIAIOSFODNN7EXAMPLE"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -136,7 +129,7 @@ def test_a_full_queue_drops_and_counts_never_blocks(path: Path) -> None:
 
 
 def test_reader_filters_by_profile_and_time(path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     log = AuditLog(path, clock=clock)
     log.start()
     for profile in ("dev", "prod", "dev"):

@@ -20,21 +20,14 @@ from rolebroker.errors import (
 )
 from rolebroker.grantcode import parse_duration
 from rolebroker.grants import GrantStore
+from tests.support.clock import FakeClock
 
 MASTER = "m" * 43
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
 
 
 @pytest.fixture
@@ -47,11 +40,11 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "rolebroker" / "grants.json"
 
 
-def store_at(path: Path, clock: Clock, master: list[str], **kwargs: int) -> GrantStore:
+def store_at(path: Path, clock: FakeClock, master: list[str], **kwargs: int) -> GrantStore:
     return GrantStore(path, lambda: master[0], clock=clock, **kwargs)
 
 
-def test_a_grant_opens_its_profiles_and_nothing_else(path: Path, clock: Clock, master: list[str]) -> None:
+def test_a_grant_opens_its_profiles_and_nothing_else(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     grant, secret = store.create(["dev", "staging"], ttl=3600, name="ci")
     assert secret.startswith("rbg1.") and len(secret) == grantcode.GRANT_CHARS
@@ -67,7 +60,7 @@ def test_a_grant_opens_its_profiles_and_nothing_else(path: Path, clock: Clock, m
     assert "rolebroker grant prod" in refused.value.message
 
 
-def test_expiry_follows_the_clock(path: Path, clock: Clock, master: list[str]) -> None:
+def test_expiry_follows_the_clock(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"], ttl=parse_duration("2h"))
     clock.now += 2 * 3600 - 1
@@ -78,7 +71,7 @@ def test_expiry_follows_the_clock(path: Path, clock: Clock, master: list[str]) -
     assert expired.value.status == 403 and "rolebroker grant PROFILE" in expired.value.message
 
 
-def test_revoked_by_name_or_id_and_all(path: Path, clock: Clock, master: list[str]) -> None:
+def test_revoked_by_name_or_id_and_all(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     _, a_secret = store.create(["dev"], name="a")
     b, b_secret = store.create(["dev"], name="b")
@@ -96,7 +89,7 @@ def test_revoked_by_name_or_id_and_all(path: Path, clock: Clock, master: list[st
         store.verify(c_secret)
 
 
-def test_forged_and_malformed_strings_are_invalid(path: Path, clock: Clock, master: list[str]) -> None:
+def test_forged_and_malformed_strings_are_invalid(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"])
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
@@ -107,7 +100,7 @@ def test_forged_and_malformed_strings_are_invalid(path: Path, clock: Clock, mast
 
 
 def test_the_mac_is_compared_in_constant_time(
-    path: Path, clock: Clock, master: list[str], monkeypatch: pytest.MonkeyPatch
+    path: Path, clock: FakeClock, master: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"])
@@ -126,7 +119,7 @@ def test_the_mac_is_compared_in_constant_time(
 
 
 def test_rotating_the_master_token_invalidates_every_grant(
-    path: Path, clock: Clock, master: list[str]
+    path: Path, clock: FakeClock, master: list[str]
 ) -> None:
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"])
@@ -136,7 +129,7 @@ def test_rotating_the_master_token_invalidates_every_grant(
 
 
 def test_grants_survive_a_new_store_and_the_file_holds_no_secret(
-    path: Path, clock: Clock, master: list[str]
+    path: Path, clock: FakeClock, master: list[str]
 ) -> None:
     store = store_at(path, clock, master)
     grant, secret = store.create(["dev", "prod"], ttl=60, name="deploy")
@@ -156,7 +149,7 @@ def test_grants_survive_a_new_store_and_the_file_holds_no_secret(
     assert not list(path.parent.glob(".*.tmp"))
 
 
-def test_touch_does_not_write_the_file(path: Path, clock: Clock, master: list[str]) -> None:
+def test_touch_does_not_write_the_file(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     grant, _ = store.create(["dev"])
     before = path.stat().st_mtime_ns, path.read_bytes()
@@ -166,7 +159,7 @@ def test_touch_does_not_write_the_file(path: Path, clock: Clock, master: list[st
     assert path.read_bytes() != before[1]
 
 
-def test_a_corrupt_file_is_reported_and_set_aside(path: Path, clock: Clock, master: list[str]) -> None:
+def test_a_corrupt_file_is_reported_and_set_aside(path: Path, clock: FakeClock, master: list[str]) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     store = store_at(path, clock, master)
@@ -177,7 +170,7 @@ def test_a_corrupt_file_is_reported_and_set_aside(path: Path, clock: Clock, mast
     assert store_at(path, clock, master).verify(secret)
 
 
-def test_bad_records_are_skipped_not_fatal(path: Path, clock: Clock, master: list[str]) -> None:
+def test_bad_records_are_skipped_not_fatal(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     _, secret = store.create(["dev"], name="good")
     data = json.loads(path.read_text())
@@ -188,7 +181,7 @@ def test_bad_records_are_skipped_not_fatal(path: Path, clock: Clock, master: lis
     assert again.problem is not None and "1 unreadable" in again.problem
 
 
-def test_the_file_stays_bounded(path: Path, clock: Clock, master: list[str]) -> None:
+def test_the_file_stays_bounded(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master, max_grants=5)
     for _ in range(3):
         store.create(["dev"], ttl=60)
@@ -206,7 +199,7 @@ def test_the_file_stays_bounded(path: Path, clock: Clock, master: list[str]) -> 
     assert len(json.loads(path.read_text())["grants"]) == 3
 
 
-def test_bad_requests_are_refused(path: Path, clock: Clock, master: list[str]) -> None:
+def test_bad_requests_are_refused(path: Path, clock: FakeClock, master: list[str]) -> None:
     store = store_at(path, clock, master)
     for profiles, ttl, name in (
         ([], None, None),
